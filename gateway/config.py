@@ -1,0 +1,140 @@
+"""GatewayConfig: the routing file, parsed, validated and frozen.
+
+The routing file holds what changes with a deploy: deployments (La Plateforme, vLLM replicas,
+any OpenAI-compatible server), the public model names each serves, region and jurisdiction, and
+timeouts. What admins change at runtime (tenants, keys, limits, prices) lives in the database.
+
+Every model forbids unknown keys, so a misspelled key fails at load. All problems are reported
+together, one per line, as `file: dotted.path: reason`. Secrets appear only by reference
+(`api_key_env: MISTRAL_API_KEY`); the value is read through `gateway.settings.read_secret_env`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+
+Provider = Literal["mistral", "vllm", "openai"]
+SimulatorStyle = Literal["mistral", "vllm", "openai"]
+
+
+class ConfigError(Exception):
+    """The routing file cannot be used; the message lists every problem, one per line."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Frozen):
+    """Per-deployment timeouts, in seconds."""
+
+    connect_s: float = Field(default=5.0, gt=0)
+    read_s: float = Field(
+        default=120.0, gt=0, description="Time to first byte, and the longest silence mid-stream."
+    )
+    total_s: float = Field(default=600.0, gt=0, description="Whole request, stream included.")
+
+
+class Deployment(_Frozen):
+    """One upstream endpoint and the public models it serves."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    provider: Provider
+    base_url: HttpUrl
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    region: str = Field(min_length=1)
+    jurisdiction: str = Field(min_length=1)
+    models: dict[str, str] = Field(min_length=1, description="public model name -> upstream name")
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = Field(default=256, gt=0)
+
+    @property
+    def base(self) -> str:
+        """The base URL without a trailing slash, ready for `base + "/chat/completions"`."""
+        return str(self.base_url).rstrip("/")
+
+
+class SimulatorConfig(_Frozen):
+    """Run the built-in simulated upstream beside the gateway (the local demo)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8911, gt=0, lt=65536)
+    style: SimulatorStyle = "mistral"
+    ttft_ms: float = Field(default=0, ge=0)
+    token_delay_ms: float = Field(default=0, ge=0)
+
+
+class GatewayConfig(_Frozen):
+    """The whole routing file."""
+
+    deployments: tuple[Deployment, ...]
+    simulator: SimulatorConfig | None = None
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> GatewayConfig:
+        if not self.deployments:
+            raise ValueError("deployments: at least one deployment is needed")
+        seen: set[str] = set()
+        for deployment in self.deployments:
+            if deployment.name in seen:
+                raise ValueError(f"deployment name {deployment.name!r} is used twice")
+            seen.add(deployment.name)
+        return self
+
+    def public_models(self) -> tuple[str, ...]:
+        """Every public model name, in config order, without repeats."""
+        return tuple(dict.fromkeys(m for d in self.deployments for m in d.models))
+
+
+# Only echo values for errors about a value's form; an unknown key may hold a secret someone
+# pasted inline (`api_key: sk-...`), and that must not reach a log.
+_ECHO_INPUT_FOR = frozenset(
+    {"literal_error", "url_scheme", "url_parsing", "greater_than", "less_than", "string_pattern_mismatch",
+     "int_parsing", "float_parsing", "bool_parsing", "string_too_short", "string_too_long"}
+)  # fmt: skip
+
+
+def _location(loc: tuple[int | str, ...], data: object) -> str:
+    """`deployments[0].models` style path; list indexes are shown with the item's name if any."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            name = node[item].get("name") if isinstance(node, list) and item < len(node) else None
+            parts[-1] += f"[{item}]" if name is None else f"[{item}:{name}]"
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, Mapping) else None
+    return ".".join(parts) or "(top level)"
+
+
+def parse_config(data: object, *, source: str = "<config>") -> GatewayConfig:
+    """Validate an already-loaded document; raise ConfigError listing every problem."""
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"{source}: {_location(err['loc'], data)}: {err['msg']}"
+            + (f" (got {err['input']!r})" if err["type"] in _ECHO_INPUT_FOR else "")
+            for err in exc.errors(include_url=False)
+        ]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read, parse and validate the routing file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the routing file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, source=str(path))

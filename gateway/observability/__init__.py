@@ -1,0 +1,1 @@
+"""Metrics and logs around the request path."""

@@ -1,0 +1,1 @@
+"""Routing: which deployments may serve a request, in which order."""

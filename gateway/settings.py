@@ -1,0 +1,66 @@
+"""Process settings: the one module that reads the environment.
+
+Every value has a `GATEWAY_` variable (nested values use `__`). `__main__`/the CLI builds one
+`Settings` and passes it down; tests construct `Settings(...)` directly instead of patching env.
+Secrets are `SecretStr`, so they never show up in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_CONFIG_PATH = Path(__file__).with_name("demo.yaml")
+
+
+class Settings(BaseSettings):
+    """Process-wide settings (URLs, secrets, sizes, paths)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///gateway.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://...",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; unset means in-process backends (embedded mode)."
+    )
+    redis_key_prefix: str = Field(default="gw:", description="Prefix of every Redis key we own.")
+    config: Path = Field(default=DEMO_CONFIG_PATH, description="The routing file (YAML).")
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bootstrap admin token; the admin API is closed without one."
+    )
+    key_pepper: SecretStr = Field(
+        default=SecretStr(""),
+        description="Server secret mixed into API-key hashes (HMAC-SHA-256). Set it in production.",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, gt=0, description="Request body cap (413)."
+    )
+    auth_cache_ttl_s: float = Field(
+        default=2.0, ge=0, description="How long a key→tenant lookup is trusted before re-reading."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = Field(default=1, ge=1)
+
+
+def export_for_workers(settings: Settings) -> None:
+    """Write settings back to the environment so `uvicorn --workers` children rebuild them."""
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        os.environ[f"GATEWAY_{name.upper()}"] = str(value)
+
+
+def read_secret_env(name: str) -> SecretStr | None:
+    """The secret held by environment variable `name` (named in the routing file), if set."""
+    value = os.environ.get(name)
+    return SecretStr(value) if value else None

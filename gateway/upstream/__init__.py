@@ -1,0 +1,1 @@
+"""Talking to upstreams: the HTTP client, provider adapters, token counting, the simulator."""

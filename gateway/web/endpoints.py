@@ -1,0 +1,53 @@
+"""The proxied `/v1` endpoints: chat, FIM and embeddings. Thin: authenticate, parse, forward.
+
+Authentication comes first, so an unauthenticated caller costs one hash and a dict lookup and
+never gets its body parsed.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.proxy import Relayed, Streamed, forward
+from gateway.state import Gateway
+from gateway.upstream.adapter import Endpoint
+from gateway.web.wire import parse_json_object, validate
+
+
+async def _proxy(request: Request, endpoint: Endpoint) -> Response:
+    gw: Gateway = request.app.state.gateway
+    principal = await gw.auth.authenticate(request.headers.get("authorization"))
+    payload = parse_json_object(await request.body())
+    model = validate(endpoint, payload)
+    result = await forward(gw, principal, endpoint, model, payload, request.state.request_id)
+    return render(result)
+
+
+def render(result: Relayed | Streamed) -> Response:
+    """The Starlette response for a proxy result."""
+    if isinstance(result, Streamed):
+        return StreamingResponse(
+            result.chunks,
+            status_code=result.status,
+            headers=result.headers,
+            media_type=result.media_type,
+        )
+    return Response(
+        result.body, status_code=result.status, headers=result.headers, media_type=result.media_type
+    )
+
+
+async def chat_completions(request: Request) -> Response:
+    """POST /v1/chat/completions."""
+    return await _proxy(request, Endpoint.CHAT)
+
+
+async def fim_completions(request: Request) -> Response:
+    """POST /v1/fim/completions (Mistral's fill-in-the-middle)."""
+    return await _proxy(request, Endpoint.FIM)
+
+
+async def embeddings(request: Request) -> Response:
+    """POST /v1/embeddings."""
+    return await _proxy(request, Endpoint.EMBEDDINGS)

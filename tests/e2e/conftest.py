@@ -1,0 +1,68 @@
+"""The gateway as a real server, in both modes: embedded (SQLite, in-process backends) and
+production (its own Postgres database and Redis key prefix)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.stack import Stack, base_env, cli, last_line, process, routing_file, simulator
+from tests.services import PostgresServer, RedisServer, free_port, run_prefix
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@pytest.fixture(scope="session", params=["embedded", "production"])
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_server: PostgresServer,
+    redis_srv: RedisServer,
+) -> Iterator[Stack]:
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(f"stack-{mode}")
+    env = base_env()
+    database = None
+    prefix = run_prefix()
+    if mode == "embedded":
+        env["GATEWAY_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp / 'gateway.db'}"
+    else:
+        database = pg_server.create_database()
+        env["GATEWAY_DATABASE_URL"] = pg_server.async_url(database)
+        env["GATEWAY_REDIS_URL"] = redis_srv.url
+        env["GATEWAY_REDIS_KEY_PREFIX"] = prefix
+    env["GATEWAY_MAX_BODY_BYTES"] = str(MAX_BODY_BYTES)
+    env["GATEWAY_AUTH_CACHE_TTL_S"] = "0.2"
+    try:
+        with simulator("mistral", tmp, env) as mistral_url, simulator("vllm", tmp, env) as vllm_url:
+            config = routing_file(tmp / "routing.yaml", mistral_url, vllm_url, free_port())
+            env["GATEWAY_CONFIG"] = str(config)
+            cli(env, "migrate")
+            tenant_id = last_line(cli(env, "tenants", "create", "acme", "--residency", "eu"))
+            key = last_line(cli(env, "keys", "create", "acme", "--name", "e2e"))
+            port = free_port()
+            log = tmp / "gateway.log"
+            args = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+            with process(args, env, port, log):
+                yield Stack(
+                    mode=mode,
+                    base_url=f"http://127.0.0.1:{port}",
+                    key=key,
+                    tenant_id=tenant_id,
+                    env=env,
+                    upstreams={"sim-plateforme": mistral_url, "sim-vllm": vllm_url},
+                    log=log,
+                )
+    finally:
+        if database is not None:
+            pg_server.drop_database(database)
+        redis_srv.delete_prefix(prefix)
+
+
+@pytest.fixture
+def gw(stack: Stack) -> Stack:
+    """The stack with its simulators' logs and fault queues cleared for this test."""
+    stack.reset_sims()
+    return stack
