@@ -37,7 +37,14 @@ def test_mistral_renames_and_drops_openai_only_fields() -> None:
     assert sent["model"] == "mistral-small-2603"
     assert sent["random_seed"] == 3
     assert sent["max_tokens"] == 9
-    for gone in ("seed", "max_completion_tokens", "stream_options", "user", "logit_bias", "service_tier"):
+    for gone in (
+        "seed",
+        "max_completion_tokens",
+        "stream_options",
+        "user",
+        "logit_bias",
+        "service_tier",
+    ):
         assert gone not in sent
     assert "name" not in sent["messages"][1]
     assert "reasoning_content" not in sent["messages"][2]

@@ -52,7 +52,7 @@ def test_every_httpx_error_maps_in_the_body(exc_type: type[BaseException]) -> No
         raise make(exc_type)
 
 
-AIOHTTP_ERRORS = concrete_subclasses(aiohttp, aiohttp.ClientError) + [TimeoutError, OSError]
+AIOHTTP_ERRORS = [*concrete_subclasses(aiohttp, aiohttp.ClientError), TimeoutError, OSError]
 
 
 @pytest.mark.parametrize("exc_type", AIOHTTP_ERRORS, ids=lambda t: t.__name__)

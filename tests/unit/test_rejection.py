@@ -33,7 +33,14 @@ def render(status: int, body: bytes, retry_after: str | None = None) -> tuple[in
             "model",
         ),
         (400, b'{"message":"x","code":3001}', "x", "invalid_request_error", "3001", None),
-        (429, b'{"message":"Requests rate limit exceeded"}', "Requests rate limit exceeded", "rate_limit_error", None, None),
+        (
+            429,
+            b'{"message":"Requests rate limit exceeded"}',
+            "Requests rate limit exceeded",
+            "rate_limit_error",
+            None,
+            None,
+        ),
         (
             429,
             b'{"object":"error","message":"Rate limit exceeded","type":"rate_limited","param":null,"code":"1300","raw_status_code":429}',
@@ -52,7 +59,14 @@ def render(status: int, body: bytes, retry_after: str | None = None) -> tuple[in
         ),
         (503, b"<html>oops</html>", "<html>oops</html>", "api_error", None, None),
         (500, b"", "The upstream `d` answered with status 500.", "api_error", None, None),
-        (422, b'{"detail":[{"loc":["body","x"],"msg":"nope"}]}', "x: nope", "invalid_request_error", None, "x"),
+        (
+            422,
+            b'{"detail":[{"loc":["body","x"],"msg":"nope"}]}',
+            "x: nope",
+            "invalid_request_error",
+            None,
+            "x",
+        ),
     ],
 )
 def test_shapes(status, body, message, type_, code, param) -> None:

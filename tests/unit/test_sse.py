@@ -52,7 +52,9 @@ def test_hidden_usage_chunk_removed_however_split(cuts: list[int]) -> None:
 
 def test_crlf_events_and_garbage_do_not_break_it() -> None:
     watcher = SseWatcher(hide_usage_chunk=True)
-    stream = b'data: {"usage": {"a": 1}, "choices": []}\r\n\r\ndata: {not json "usage"\n\n: comment\n\n'
+    stream = (
+        b'data: {"usage": {"a": 1}, "choices": []}\r\n\r\ndata: {not json "usage"\n\n: comment\n\n'
+    )
     out = watcher.feed(stream) + watcher.flush()
     assert watcher.usage == {"a": 1}
     assert out == b'data: {not json "usage"\n\n: comment\n\n'

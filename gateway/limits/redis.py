@@ -1,0 +1,344 @@
+"""`RedisLimiter`: the shared admission limiter in Redis, and `FailoverLimiter`, its outage policy.
+
+Concept: every replica admits against the same buckets in Redis. A reserve is ONE round trip
+(EVALSHA reserve_v1) and a settle is ONE (EVALSHA settle_v1); each script is atomic, reads
+Redis `TIME` (unless a test passes `now_ms`) so replicas with skewed clocks agree, and touches
+only keys passed in KEYS that share the tenant's hash tag, so it runs on Redis Cluster.
+
+Keys (a contract with running systems; `bucket_key` is the one function that builds them):
+`{key_prefix}rl:{<tenant>}:<bucket>` for a bucket (a hash: u = units, t = ms), and
+`{key_prefix}rl:{<tenant>}:concurrency` for the slot set (a sorted set scored by lease expiry).
+Each key expires once it would have refilled completely (plus a margin), so idle tenants cost
+nothing; a missing bucket reads as full, so expiry changes no answer.
+
+Failure mode: every call has a short deadline (`timeout_s`, no retries; redis-py's defaults
+would hold a request for seconds); any Redis error or timeout becomes `LimiterUnavailable`
+(503) in `_unavailable_on_error`. `FailoverLimiter` turns that into policy: "closed" re-raises;
+"open" admits through a local `MemoryLimiter` holding this replica's share (limit / replicas),
+counted in `degraded_decisions`, and a 1 s breaker skips Redis meanwhile, so a dead Redis costs
+one timeout per second instead of one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Literal
+from uuid import uuid4
+
+from redis.asyncio import Redis, RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.clock import Clock
+from gateway.errors import LimiterUnavailable
+from gateway.limits.limiter import (
+    CONCURRENCY,
+    BucketSpec,
+    BucketState,
+    ConcurrencySpec,
+    Decision,
+    Demand,
+    Limiter,
+    Reservation,
+    check_call,
+)
+from gateway.limits.memory import MemoryLimiter
+
+IDLE_MARGIN_MS = 1_000  # keys outlive their refill time by this much
+
+
+def bucket_key(key_prefix: str, tenant_id: str, bucket: str) -> str:
+    """The Redis key of one of a tenant's buckets; `{tenant}` is the Cluster hash tag."""
+    return f"{key_prefix}rl:{{{tenant_id}}}:{bucket}"
+
+
+def _script(name: str) -> str:
+    return resources.files("gateway.limits").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+@asynccontextmanager
+async def _unavailable_on_error(operation: str, deadline_s: float) -> AsyncIterator[None]:
+    """Translate Redis errors and an overall deadline into `LimiterUnavailable`."""
+    try:
+        # The client's socket timeouts bound each read; this bounds connect + write + read.
+        async with asyncio.timeout(deadline_s):
+            yield
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise LimiterUnavailable(
+            f"The rate limiter is unavailable ({operation}: {type(exc).__name__})."
+        ) from exc
+
+
+class RedisLimiter:
+    """Token buckets and concurrency slots in Redis (standalone or Cluster)."""
+
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        *,
+        key_prefix: str,
+        deadline_s: float = 0.1,
+        owns_client: bool = False,
+    ) -> None:
+        self._redis = redis
+        self._prefix = key_prefix
+        self._deadline_s = deadline_s
+        self._owns_client = owns_client
+        # AsyncScript calls EVALSHA and reloads the script itself on NOSCRIPT (restart, flush).
+        self._reserve = redis.register_script(_script("reserve_v1.lua"))
+        self._settle = redis.register_script(_script("settle_v1.lua"))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str,
+        timeout_s: float = 0.05,
+        cluster: bool = False,
+        max_connections: int = 512,
+    ) -> RedisLimiter:
+        """A limiter on its own client with short timeouts and no retries."""
+        options = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            "max_connections": max_connections,
+        }
+        client: Redis | RedisCluster
+        if cluster:
+            client = RedisCluster.from_url(url, **options)
+        else:
+            client = Redis.from_url(url, **options)
+        # Connect and read may each take timeout_s; the deadline bounds the pair.
+        return cls(client, key_prefix=key_prefix, deadline_s=2 * timeout_s, owns_client=True)
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix every key of this limiter starts with."""
+        return self._prefix
+
+    async def aclose(self) -> None:
+        """Close the client if this limiter created it."""
+        if self._owns_client:
+            await self._redis.aclose()
+
+    async def reserve(
+        self,
+        tenant_id: str,
+        demands: Sequence[Demand],
+        *,
+        concurrency: ConcurrencySpec | None = None,
+        now_ms: int | None = None,
+    ) -> Decision:
+        """Take every amount (and a slot) or nothing: one EVALSHA of reserve_v1."""
+        check_call(tenant_id, demands, reserve=True)
+        if not demands and concurrency is None:
+            return Decision(True, None, 0, False, (), Reservation(tenant_id, (), None))
+        keys = [bucket_key(self._prefix, tenant_id, spec.name) for spec, _ in demands]
+        args: list[int | str] = ["" if now_ms is None else now_ms, len(demands), IDLE_MARGIN_MS]
+        for spec, amount in demands:
+            args += [spec.capacity, spec.refill_per_minute, amount]
+        slot_id = None
+        if concurrency is not None:
+            slot_id = uuid4().hex
+            keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
+            args += [concurrency.limit, slot_id, concurrency.lease_ms]
+        async with _unavailable_on_error("reserve", self._deadline_s):
+            reply = await self._reserve(keys=keys, args=args)
+        return _decision(tenant_id, demands, concurrency, slot_id, [int(x) for x in reply])
+
+    async def settle(
+        self,
+        tenant_id: str,
+        adjustments: Sequence[Demand],
+        *,
+        release_slot: str | None = None,
+        now_ms: int | None = None,
+    ) -> None:
+        """Refund or charge each delta and release the slot: one EVALSHA of settle_v1."""
+        check_call(tenant_id, adjustments, reserve=False)
+        changed = [(spec, delta) for spec, delta in adjustments if delta != 0]
+        if not changed and release_slot is None:
+            return
+        keys = [bucket_key(self._prefix, tenant_id, spec.name) for spec, _ in changed]
+        args: list[int | str] = ["" if now_ms is None else now_ms, len(changed), IDLE_MARGIN_MS]
+        for spec, delta in changed:
+            args += [spec.capacity, spec.refill_per_minute, delta]
+        if release_slot is not None:
+            keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
+            args.append(release_slot)
+        async with _unavailable_on_error("settle", self._deadline_s):
+            await self._settle(keys=keys, args=args)
+
+
+def _decision(
+    tenant_id: str,
+    demands: Sequence[Demand],
+    concurrency: ConcurrencySpec | None,
+    slot_id: str | None,
+    reply: list[int],
+) -> Decision:
+    allowed, denied_index, retry_ms, never_fits, in_use = reply[:5]
+    names = [spec.name for spec, _ in demands] + [CONCURRENCY]
+    states = [
+        BucketState(spec.name, spec.capacity, reply[6 + 2 * i], reply[7 + 2 * i])
+        for i, (spec, _) in enumerate(demands)
+    ]
+    if concurrency is not None:
+        free = max(0, concurrency.limit - in_use)
+        states.append(BucketState(CONCURRENCY, concurrency.limit, free, 0))
+    reservation = Reservation(tenant_id, tuple(demands), slot_id) if allowed else None
+    return Decision(
+        allowed=bool(allowed),
+        denied=names[denied_index - 1] if denied_index else None,
+        retry_after_ms=retry_ms,
+        never_fits=bool(never_fits),
+        buckets=tuple(states),
+        reservation=reservation,
+    )
+
+
+def local_share(spec: BucketSpec, replicas: int) -> BucketSpec:
+    """This replica's part of a bucket while buckets are local (never below one token)."""
+    return BucketSpec(
+        spec.name,
+        max(1, spec.capacity // replicas),
+        max(1, spec.refill_per_minute // replicas),
+    )
+
+
+class FailoverLimiter:
+    """Redis first; when it fails, re-raise ("closed") or admit a local share ("open")."""
+
+    def __init__(
+        self,
+        primary: Limiter,
+        fallback: MemoryLimiter,
+        *,
+        mode: Literal["open", "closed"],
+        replicas: int,
+        clock: Clock,
+        cooldown_s: float = 1.0,
+    ) -> None:
+        if replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        self._primary = primary
+        self._fallback = fallback
+        self._mode = mode
+        self._replicas = replicas
+        self._clock = clock
+        self._cooldown_s = cooldown_s
+        self._open_until: float | None = None  # breaker: skip Redis until this monotonic time
+        self.degraded_decisions = 0  # reserves answered by the local share
+        self.primary_failures = 0  # calls that found Redis unavailable
+
+    @property
+    def degraded(self) -> bool:
+        """True while the breaker keeps requests away from Redis."""
+        return self._open_until is not None
+
+    async def reserve(
+        self,
+        tenant_id: str,
+        demands: Sequence[Demand],
+        *,
+        concurrency: ConcurrencySpec | None = None,
+        now_ms: int | None = None,
+    ) -> Decision:
+        """Reserve on Redis; on failure apply the mode (local share or re-raise)."""
+        if self._try_primary():
+            try:
+                decision = await self._primary.reserve(
+                    tenant_id, demands, concurrency=concurrency, now_ms=now_ms
+                )
+            except LimiterUnavailable:
+                self._trip()
+                if self._mode == "closed":
+                    raise
+            else:
+                self._open_until = None
+                return decision
+        elif self._mode == "closed":
+            raise LimiterUnavailable("The rate limiter is unavailable (breaker open).")
+        self.degraded_decisions += 1
+        return await self._reserve_locally(tenant_id, demands, concurrency, now_ms)
+
+    async def settle(
+        self,
+        tenant_id: str,
+        adjustments: Sequence[Demand],
+        *,
+        release_slot: str | None = None,
+        now_ms: int | None = None,
+    ) -> None:
+        """Settle where admission currently happens; in "open" mode a failed Redis settle
+        is applied to the local share (a Redis slot it meant to release lapses by lease)."""
+        if self._try_primary():
+            try:
+                await self._primary.settle(
+                    tenant_id, adjustments, release_slot=release_slot, now_ms=now_ms
+                )
+            except LimiterUnavailable:
+                self._trip()
+                if self._mode == "closed":
+                    raise
+            else:
+                self._open_until = None
+                return
+        elif self._mode == "closed":
+            raise LimiterUnavailable("The rate limiter is unavailable (breaker open).")
+        local = [(local_share(spec, self._replicas), delta) for spec, delta in adjustments]
+        await self._fallback.settle(tenant_id, local, release_slot=release_slot, now_ms=now_ms)
+
+    def _try_primary(self) -> bool:
+        if self._open_until is None:
+            return True
+        now = self._clock.monotonic_s()
+        if now < self._open_until:
+            return False
+        # Half-open: this call probes Redis; others stay local until it answers.
+        self._open_until = now + self._cooldown_s
+        return True
+
+    def _trip(self) -> None:
+        self.primary_failures += 1
+        self._open_until = self._clock.monotonic_s() + self._cooldown_s
+
+    async def _reserve_locally(
+        self,
+        tenant_id: str,
+        demands: Sequence[Demand],
+        concurrency: ConcurrencySpec | None,
+        now_ms: int | None,
+    ) -> Decision:
+        for spec, amount in demands:
+            if amount > spec.capacity:  # judged against the real limit, not the local share
+                states = tuple(BucketState(s.name, s.capacity, 0, 0) for s, _ in demands)
+                return Decision(False, spec.name, 0, True, states)
+        shares = [(local_share(spec, self._replicas), amount) for spec, amount in demands]
+        # A request bigger than the local share but within the real limit is admitted once
+        # the share is full and leaves it in debt, instead of never fitting while degraded.
+        clamped = [(share, min(amount, share.capacity)) for share, amount in shares]
+        local_conc = None
+        if concurrency is not None:
+            local_conc = ConcurrencySpec(
+                max(1, concurrency.limit // self._replicas), concurrency.lease_ms
+            )
+        decision = await self._fallback.reserve(
+            tenant_id, clamped, concurrency=local_conc, now_ms=now_ms
+        )
+        if not decision.allowed or decision.reservation is None:
+            return decision
+        excess = [
+            (share, amount - took)
+            for (share, amount), (_, took) in zip(shares, clamped, strict=True)
+        ]
+        # MemoryLimiter never awaits, so nothing runs between this settle and the reserve.
+        await self._fallback.settle(tenant_id, [e for e in excess if e[1] > 0], now_ms=now_ms)
+        reservation = Reservation(tenant_id, tuple(demands), decision.reservation.slot_id)
+        return Decision(True, None, 0, False, decision.buckets, reservation)
