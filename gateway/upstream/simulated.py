@@ -23,8 +23,7 @@ gateway does not forward client headers). `GET /_sim/requests` shows what the ga
 Failure mode: this module *is* the failure injector. A fault that cuts a stream raises
 `SimulatedDrop` inside the body iterator; `SimulatorEdge` stops the response there, unfinished,
 and uvicorn closes the connection (logging "ASGI callable returned without completing response",
-which is expected). Hangs wait until the client gives up or
-`serve_simulator` is cancelled.
+which is expected). Hangs wait until the client gives up or `serve_simulator` is cancelled.
 """
 
 from __future__ import annotations
@@ -88,6 +87,7 @@ _ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _HANGS = ("before_headers", "after_headers")
 _USAGE_FAULTS = ("omit", "wrong")
 _WRONG_USAGE_OFFSET = 1000
+_MAX_CHOICES = 8
 
 
 @dataclass(frozen=True)
@@ -588,8 +588,10 @@ class _Simulator:
             limit = self._max_tokens(body)
             pieces, tokens, finish = self._text(tokenizer, limit, seed, json_mode=json_mode)
             completion = _Completion(prompt_tokens, pieces, tokens, finish)
+            # `n` answers without streaming only, capped so a request cannot stall the simulator.
             n = body.get("n")
-            for index in range(1, n if isinstance(n, int) and not body.get("stream") else 1):
+            copies = min(n, _MAX_CHOICES) if isinstance(n, int) and not body.get("stream") else 1
+            for index in range(1, copies):
                 more, more_tokens, _ = self._text(
                     tokenizer, limit, f"{seed}#{index}", json_mode=json_mode
                 )
@@ -893,7 +895,6 @@ class _Simulator:
                 sent += 1
             if drop_after is not None:
                 entry["outcome"] = "dropped"
-                logger.info("simulator: dropping the connection after %d chunks (fault)", sent)
                 raise SimulatedDrop(f"simulated fault: connection dropped after {sent} chunks")
             yield _SSE_DONE
             finished = True

@@ -1,0 +1,216 @@
+"""Token counting: tokenizer choice per model, exact chat counts, the conservative fallback."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import pytest
+from mistral_common.protocol.fim.request import FIMRequest
+from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
+from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+from gateway.upstream.tokenizer import TEKKEN_V3, TokenCount, TokenCounter, resolve_family
+
+PROSE = (
+    "The gateway reserves prompt tokens plus max_tokens before it calls the upstream, then "
+    "settles from the usage the upstream reports. Déjà vu: naïve budgets drift, 数字 too. "
+) * 4
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def tool_conversation(call_id: str) -> list[dict[str, Any]]:
+    return [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "name": "get_weather", "content": "sunny, 21°C"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+
+
+VALID_CHATS: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = [
+    ([{"role": "user", "content": "hi"}], None),
+    (
+        [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": PROSE},
+            {"role": "assistant", "content": "Short version: reserve, then settle."},
+            {"role": "user", "content": "def f(x):\n    return {'a': [x, x ** 2]}  # why?"},
+        ],
+        None,
+    ),
+    ([{"role": "user", "content": [{"type": "text", "text": PROSE}]}], TOOLS),
+    (tool_conversation("abcDEF123"), TOOLS),
+]
+
+
+def true_count(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    tokenizer = TokenCounter.for_model("mistral-small-latest")._tokenizer
+    request = ChatCompletionRequest.from_openai(messages, tools=tools)
+    return len(tokenizer.encode_chat_completion(request).tokens)
+
+
+@pytest.mark.parametrize(
+    ("model", "family", "known"),
+    [
+        ("mistral-small-latest", TEKKEN_V3, True),
+        ("mistral-large-2512", TEKKEN_V3, True),
+        ("codestral-latest", TEKKEN_V3, True),
+        ("devstral-small-2507", TEKKEN_V3, True),
+        ("magistral-medium-latest", TEKKEN_V3, True),
+        ("ministral-8b-latest", TEKKEN_V3, True),
+        ("open-mistral-nemo", TEKKEN_V3, True),
+        ("mistral-embed", TEKKEN_V3, True),
+        ("mistralai/Mistral-Small-3.2-24B-Instruct-2506", TEKKEN_V3, True),
+        ("pixtral-12b-2409", "tekken-v3-mm", True),
+        ("open-mistral-7b", "spm-v2", True),
+        ("mistral-tiny-2312", "spm-v2", True),
+        ("mistral-tiny-2407", "spm-v3", True),
+        ("mistral-medium-2312", "spm-v1", True),
+        ("mistral-small-2402", "spm-v2", True),
+        ("mistral-large-2411", "spm-v7", True),
+        ("gpt-4o", TEKKEN_V3, False),
+        ("some-local-finetune", TEKKEN_V3, False),
+    ],
+)
+def test_model_names_pick_their_tokenizer_family(model: str, family: str, known: bool) -> None:
+    assert resolve_family(model) == (family, known)
+
+
+def test_tokenizers_load_once_and_models_are_cached() -> None:
+    small = TokenCounter.for_model("mistral-small-latest")
+    assert TokenCounter.for_model("mistral-small-latest") is small
+    other = TokenCounter.for_model("codestral-latest")
+    assert other._tokenizer is small._tokenizer  # one Tekken for every current model
+    assert small.exact and small.family == TEKKEN_V3
+
+
+def test_unknown_model_uses_tekken_but_is_not_exact() -> None:
+    counter = TokenCounter.for_model("gpt-4o")
+    assert counter.family == TEKKEN_V3 and not counter.exact
+    count = counter.count_chat([{"role": "user", "content": "hi"}])
+    assert count == TokenCount(true_count([{"role": "user", "content": "hi"}], None), False)
+
+
+def test_spm_models_fall_back_to_tekken_without_sentencepiece(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(TokenCounter, "_models", {})
+    monkeypatch.setattr("gateway.upstream.tokenizer._sentencepiece_available", lambda: False)
+    counter = TokenCounter.for_model("open-mistral-7b")
+    assert counter.family == TEKKEN_V3 and not counter.exact
+    assert counter.count_text("hello world") == TokenCount(2, False)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("sentencepiece") is None, reason="sentencepiece not installed"
+)
+def test_spm_models_use_sentencepiece_when_installed() -> None:
+    counter = TokenCounter.for_model("open-mistral-7b")
+    assert counter.family == "spm-v2" and counter.exact
+
+
+@pytest.mark.parametrize(("messages", "tools"), VALID_CHATS)
+def test_count_chat_is_mistral_commons_count(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> None:
+    counter = TokenCounter.for_model("mistral-small-latest")
+    assert counter.count_chat(messages, tools) == TokenCount(true_count(messages, tools), True)
+    assert counter.count_chat(messages, tools).tokens == true_count(messages, tools)  # cached
+
+
+@pytest.mark.parametrize(("messages", "tools"), VALID_CHATS)
+def test_fallback_estimate_is_never_below_the_true_count(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> None:
+    counter = TokenCounter.for_model("mistral-small-latest")
+    true = true_count(messages, tools)
+    assert true <= counter._estimate_chat(messages, tools) <= 3 * true + 64
+
+
+def test_openai_style_tool_call_ids_fall_back_conservatively() -> None:
+    counter = TokenCounter.for_model("mistral-small-latest")
+    count = counter.count_chat(tool_conversation("call_Xy12ab34cd56ef78gh90ij12"), TOOLS)
+    assert not count.exact
+    assert count.tokens >= true_count(tool_conversation("abcDEF123"), TOOLS)
+
+
+def test_conversation_ending_with_assistant_falls_back_conservatively() -> None:
+    messages = [
+        {"role": "user", "content": PROSE},
+        {"role": "assistant", "content": "The answer starts like this"},
+    ]
+    count = TokenCounter.for_model("mistral-small-latest").count_chat(messages)
+    prefixed = ChatCompletionRequest(
+        messages=[
+            UserMessage(content=PROSE),
+            AssistantMessage(content="The answer starts like this", prefix=True),
+        ]
+    )
+    tokenizer = TokenCounter.for_model("mistral-small-latest")._tokenizer
+    assert not count.exact
+    assert count.tokens >= len(tokenizer.encode_chat_completion(prefixed).tokens)
+
+
+def test_image_parts_on_a_text_tokenizer_are_estimated_high() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 5000}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}]
+    count = TokenCounter.for_model("mistral-small-latest").count_chat(messages)
+    assert not count.exact
+    # the data URL is not counted as text, the image is counted as a worst-case image
+    assert 4160 <= count.tokens < 4300
+
+
+def test_text_texts_and_fim() -> None:
+    counter = TokenCounter.for_model("codestral-latest")
+    one = counter.count_text("hello world")
+    assert one == TokenCount(2, True)
+    assert counter.count_text("") == TokenCount(0, True)
+    assert counter.count_texts(["hello world", "hello world"]) == TokenCount(4, True)
+    prompt, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))"
+    fim = counter.count_fim(prompt, suffix)
+    expected = counter._tokenizer.encode_fim(FIMRequest(prompt=prompt, suffix=suffix)).tokens
+    assert fim == TokenCount(len(expected), True)
+    # <s>[SUFFIX]suffix[PREFIX]prompt: three control tokens around the two texts
+    assert fim.tokens == counter.count_text(prompt).tokens + counter.count_text(suffix).tokens + 3
+    assert counter.count_fim("x = ", None).tokens == counter.count_text("x = ").tokens + 3
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 64, 500])
+def test_sample_text_retokenises_to_exactly_n(n: int) -> None:
+    counter = TokenCounter.for_model("mistral-small-latest")
+    pieces = counter.sample_text(n, seed="prompt-digest")
+    assert len(pieces) == n
+    assert all(counter.count_text(piece).tokens == 1 for piece in pieces)
+    assert counter.count_text("".join(pieces)).tokens == n
+
+
+def test_sample_text_is_deterministic_per_seed() -> None:
+    counter = TokenCounter.for_model("mistral-small-latest")
+    assert counter.sample_text(20, "a") == counter.sample_text(20, "a")
+    assert counter.sample_text(20, "a") != counter.sample_text(20, "b")
