@@ -2,7 +2,8 @@
 
 Output contract (scripts rely on it): `gateway keys create TENANT` prints the new key alone on
 the last line of standard output; `gateway tenants create NAME` prints the tenant id on its
-last line. Errors go to standard error with exit status 2 (bad input) or 1 (failure).
+last line; `gateway limits set` prints one summary line, `gateway limits show` one line per
+limits row. Errors go to standard error with exit status 2 (bad input) or 1 (failure).
 """
 
 from __future__ import annotations
@@ -123,24 +124,118 @@ def _safe_url(url: str) -> str:
 
 
 async def _create_tenant(
-    settings: Settings, name: str, residency: str, allowed_models: list[str] | None
+    settings: Settings,
+    name: str,
+    residency: str,
+    allowed_models: list[str] | None,
+    *,
+    figures: dict[str, int | None] | None = None,
+    default_output_tokens: int | None = None,
 ) -> str:
+    """Create a tenant and, when any figure is given, its default limits row, in one commit."""
     from gateway.db import tenants
     from gateway.db.engine import make_engine, make_sessionmaker
 
     engine = make_engine(settings)
     try:
         async with make_sessionmaker(engine)() as session, session.begin():
+            now = datetime.now(UTC)
             tenant = await tenants.create_tenant(
                 session,
                 name=name,
                 residency=residency,
                 allowed_models=allowed_models,
-                now=datetime.now(UTC),
+                now=now,
             )
+            tenant.default_output_tokens = default_output_tokens
+            if figures and any(value is not None for value in figures.values()):
+                await _store_limits(session, tenant.id, None, figures, now=now)
             return tenant.id
     finally:
         await engine.dispose()
+
+
+async def _set_limits(
+    settings: Settings, tenant_ref: str, model: str | None, figures: dict[str, int | None]
+) -> str:
+    """Replace one limits row of a tenant; the row as stored, on one line."""
+    from gateway.db.engine import make_engine, make_sessionmaker
+    from gateway.errors import InvalidRequest
+
+    if all(value is None for value in figures.values()):
+        raise InvalidRequest(
+            "Nothing to set: pass at least one of --rpm, --tpm, --rpm-burst, "
+            "--tpm-burst, --concurrency."
+        )
+    engine = make_engine(settings)
+    try:
+        async with make_sessionmaker(engine)() as session, session.begin():
+            tenant = await _find_tenant(session, tenant_ref)
+            if tenant is None:
+                raise InvalidRequest(f"No tenant with id or name {tenant_ref!r}.")
+            await _store_limits(session, tenant.id, model, figures, now=datetime.now(UTC))
+            # The row now holds exactly these figures (set replaces the whole row).
+            return f"set limits of {tenant.name}: {_limits_line(model, figures)}"
+    finally:
+        await engine.dispose()
+
+
+async def _store_limits(
+    session: AsyncSession,
+    tenant_id: str,
+    model: str | None,
+    figures: dict[str, int | None],
+    *,
+    now: datetime,
+) -> None:
+    from gateway.db import limits
+
+    await limits.set_limits(
+        session,
+        tenant_id,
+        model=model,
+        rpm=figures["rpm"],
+        tpm=figures["tpm"],
+        rpm_burst=figures["rpm_burst"],
+        tpm_burst=figures["tpm_burst"],
+        concurrency=figures["concurrency"],
+        now=now,
+    )
+
+
+async def _show_limits(settings: Settings, tenant_ref: str) -> list[str]:
+    from gateway.db import limits
+    from gateway.db.engine import make_engine, make_sessionmaker
+    from gateway.errors import InvalidRequest
+
+    engine = make_engine(settings)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            tenant = await _find_tenant(session, tenant_ref)
+            if tenant is None:
+                raise InvalidRequest(f"No tenant with id or name {tenant_ref!r}.")
+            lines = [
+                _limits_line(limits.model_label(row), _figures(row))
+                for row in await limits.list_limits(session, tenant.id)
+            ]
+            return lines or [f"{tenant.name}: no limits (unlimited)"]
+    finally:
+        await engine.dispose()
+
+
+def _limits_line(model: str | None, figures: dict[str, int | None]) -> str:
+    """`default: rpm=60 tpm=1000 concurrency=4` or `model m1: rpm=unlimited tpm=50`."""
+    parts = [f"rpm={_figure(figures['rpm'])}", f"tpm={_figure(figures['tpm'])}"]
+    # An unset burst means "the per-minute figure", not unlimited: show it only when set.
+    parts += [f"{name}={figures[name]}" for name in ("rpm_burst", "tpm_burst") if figures[name]]
+    if model is None:
+        parts.append(f"concurrency={_figure(figures['concurrency'])}")
+    scope = "default" if model is None else f"model {model}"
+    return f"{scope}: {' '.join(parts)}"
+
+
+def _figure(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)
 
 
 async def _create_key(
@@ -282,6 +377,24 @@ def _parser() -> argparse.ArgumentParser:
     create_tenant.add_argument(
         "--models", help="comma-separated public models the tenant may use (default: all)"
     )
+    _add_limit_options(create_tenant)
+    create_tenant.add_argument(
+        "--default-output-tokens",
+        type=_positive_int,
+        help="output tokens reserved when a request sets no max_tokens (default: routing file)",
+    )
+
+    limits = commands.add_parser("limits", help="manage tenant rate limits").add_subparsers(
+        dest="action", required=True
+    )
+    set_limits = limits.add_parser(
+        "set", help="replace the tenant's default limits, or one model's (omitted = unlimited)"
+    )
+    set_limits.add_argument("tenant", help="tenant id or name")
+    set_limits.add_argument("--model", help="public model name (default: the tenant's defaults)")
+    _add_limit_options(set_limits)
+    show_limits = limits.add_parser("show", help="list a tenant's limits, one line per row")
+    show_limits.add_argument("tenant", help="tenant id or name")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", required=True
@@ -307,6 +420,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value exits 2 with argparse's usage message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    return value
+
+
+def _add_limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rpm", type=_positive_int, help="requests per minute")
+    parser.add_argument("--tpm", type=_positive_int, help="tokens per minute")
+    parser.add_argument("--rpm-burst", type=_positive_int, help="RPM bucket size (default: rpm)")
+    parser.add_argument("--tpm-burst", type=_positive_int, help="TPM bucket size (default: tpm)")
+    parser.add_argument(
+        "--concurrency", type=_positive_int, help="requests in flight (tenant defaults only)"
+    )
+
+
+def _figures(source: object) -> dict[str, int | None]:
+    """The limit figures of parsed options or of a stored `limits` row, by column name."""
+    from gateway.db.tables import LIMIT_COLUMNS
+
+    return {name: getattr(source, name, None) for name in LIMIT_COLUMNS}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `gateway` console script and `python -m gateway`."""
     args = _parser().parse_args(argv)
@@ -330,7 +471,20 @@ def _dispatch(args: argparse.Namespace) -> None:
         migrate(settings)
     elif args.command == "tenants":
         models = [m.strip() for m in args.models.split(",")] if args.models else None
-        print(asyncio.run(_create_tenant(settings, args.name, args.residency, models)))
+        creation = _create_tenant(
+            settings,
+            args.name,
+            args.residency,
+            models,
+            figures=_figures(args),
+            default_output_tokens=args.default_output_tokens,
+        )
+        print(asyncio.run(creation))
+    elif args.command == "limits" and args.action == "set":
+        print(asyncio.run(_set_limits(settings, args.tenant, args.model, _figures(args))))
+    elif args.command == "limits" and args.action == "show":
+        for line in asyncio.run(_show_limits(settings, args.tenant)):
+            print(line)
     elif args.command == "keys" and args.action == "create":
         key = asyncio.run(_create_key(settings, args.tenant, args.name, args.expires_in_days))
         print(key)

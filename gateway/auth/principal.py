@@ -1,8 +1,9 @@
 """Who is calling: `Authorization: Bearer <key>` → `Principal` (the tenant snapshot for a request).
 
 This is the first step of the hot path, so the database is read at most once per key per
-`ttl_s`: results, including failures (unknown, revoked, suspended), are cached in process by
-key hash, and concurrent misses on one key share one query. Malformed keys are rejected by
+`ttl_s` (a miss runs two queries: the key with its tenant, then an accepted tenant's limits):
+results, including failures (unknown, revoked, suspended), are cached in process by key hash,
+and concurrent misses on one key share one lookup. Malformed keys are rejected by
 their shape and checksum before any lookup. A cache hit costs a parse, a shape check, an HMAC
 and a dict lookup (a few µs); a key's own `expires_at` is still checked on every hit. The
 cache is bounded (oldest entry evicted first) so a flood of random well-formed keys cannot
@@ -11,8 +12,8 @@ grow memory without limit.
 Failure mode: database unreachable or slower than `lookup_timeout_s` → `DependencyUnavailable`
 (503), never a 401, so an outage does not look like bad credentials; cached principals keep
 working until their TTL runs out. Messages never echo the key.
-Invariant: a revoked key or suspended tenant stops working within `ttl_s` (sooner on replicas
-that receive an `invalidate()`).
+Invariant: a revoked key, a suspended tenant or a changed limit takes effect within `ttl_s`
+(sooner on replicas that receive an `invalidate()`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from gateway.auth.keys import has_key_shape, hash_key, is_well_formed, parse_bea
 from gateway.clock import Clock
 from gateway.db.engine import translate_db_errors
 from gateway.db.keys import find_key_by_hash
+from gateway.db.limits import load_tenant_limits
 from gateway.db.tables import ApiKey, Tenant
 from gateway.errors import Unauthenticated
+from gateway.limits.policy import UNLIMITED, TenantLimits
 
 MISSING_KEY = "Missing API key: send `Authorization: Bearer <key>`."
 NOT_BEARER = "Unsupported authorization scheme: send `Authorization: Bearer <key>`."
@@ -51,6 +54,8 @@ class Principal:
     tenant_name: str
     residency: str
     allowed_models: frozenset[str] | None
+    limits: TenantLimits = UNLIMITED
+    default_output_tokens: int | None = None  # None: the routing file's default applies
 
 
 class _Entry:
@@ -136,8 +141,7 @@ class Authenticator:
         try:
             with translate_db_errors():
                 async with asyncio.timeout(self._lookup_timeout_s), self._sessionmaker() as session:
-                    row = await find_key_by_hash(session, key_hash)
-                    entry = _entry_for(row)  # read the rows while the session is open
+                    entry = await _read_entry(session, key_hash)
         finally:
             self._inflight.pop(key_hash, None)
         self._remember(key_hash, entry, started_s + self._ttl_s)
@@ -167,7 +171,9 @@ def _no_key_reason(authorization: str | None) -> str:
     return NOT_BEARER if words and words[0].lower() != "bearer" else MISSING_KEY
 
 
-def _entry_for(row: tuple[ApiKey, Tenant] | None) -> _Entry:
+async def _read_entry(session: AsyncSession, key_hash: str) -> _Entry:
+    # The rows are read into plain values while the session is open.
+    row = await find_key_by_hash(session, key_hash)
     if row is None:
         return _Entry(None, UNKNOWN_KEY)
     key, tenant = row
@@ -175,6 +181,11 @@ def _entry_for(row: tuple[ApiKey, Tenant] | None) -> _Entry:
         return _Entry(None, REVOKED_KEY)
     if tenant.status != "active":
         return _Entry(None, SUSPENDED_TENANT)
+    # Only accepted keys pay for the second query; refusals are cached without it.
+    return _accepted(key, tenant, await load_tenant_limits(session, tenant.id))
+
+
+def _accepted(key: ApiKey, tenant: Tenant, limits: TenantLimits) -> _Entry:
     allowed = tenant.allowed_models
     principal = Principal(
         tenant_id=tenant.id,
@@ -182,6 +193,8 @@ def _entry_for(row: tuple[ApiKey, Tenant] | None) -> _Entry:
         tenant_name=tenant.name,
         residency=tenant.residency,
         allowed_models=None if allowed is None else frozenset(allowed),
+        limits=limits,
+        default_output_tokens=tenant.default_output_tokens,
     )
     expires_s = None if key.expires_at is None else key.expires_at.timestamp()
     return _Entry(principal, key_expires_at_s=expires_s)

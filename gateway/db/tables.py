@@ -6,8 +6,9 @@ timezone-aware UTC in Python: Postgres stores `timestamptz`; SQLite has no time 
 `UTCDateTime` stores naive UTC there and re-attaches UTC on the way out.
 
 Invariants: keys are stored only as an HMAC (`key_hash`) plus a short display prefix, never
-in clear; deleting a tenant deletes its keys (ON DELETE CASCADE, on SQLite too because
-`engine.py` turns foreign keys on).
+in clear; deleting a tenant deletes its keys and limits (ON DELETE CASCADE, on SQLite too
+because `engine.py` turns foreign keys on); a tenant has at most one default limits row
+(`model = ''`, see `Limits`) and one row per model.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Integer,
     MetaData,
     String,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -87,6 +90,7 @@ class Tenant(Base):
     __table_args__ = (
         CheckConstraint(_in_list("residency", RESIDENCIES), name="residency"),
         CheckConstraint(_in_list("status", TENANT_STATUSES), name="status"),
+        CheckConstraint("default_output_tokens > 0", name="default_output_tokens_positive"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -96,6 +100,8 @@ class Tenant(Base):
     # None means every model; a list restricts the tenant to those public model names.
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime]
+    # Output tokens reserved for a request without `max_tokens`; None = the routing file's default.
+    default_output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ApiKey(Base):
@@ -114,6 +120,47 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+
+
+DEFAULT_MODEL = ""
+"""`Limits.model` of a tenant's default row.
+
+An empty string rather than NULL: a unique constraint treats NULLs as distinct on both
+backends, so NULL would allow several default rows per tenant. `''` keeps "one default row
+per tenant" a plain unique constraint, identical on Postgres and SQLite (no partial index).
+"""
+
+LIMIT_COLUMNS = ("rpm", "tpm", "rpm_burst", "tpm_burst", "concurrency")
+
+
+class Limits(Base):
+    """A tenant's rate limits: its default row (`model = ''`) and per-model overrides.
+
+    A NULL figure means unlimited for that dimension. `concurrency` applies tenant-wide, so
+    only the default row may carry it.
+    """
+
+    __tablename__ = "limits"
+    __table_args__ = (
+        # Named by hand: the convention would say `uq_limits_tenant_id`, which reads as if
+        # tenant_id alone were unique. Its index leads with tenant_id, so it also serves
+        # "all rows of a tenant" and no separate tenant_id index is needed.
+        UniqueConstraint("tenant_id", "model", name="uq_limits_tenant_id_model"),
+        *(CheckConstraint(f"{c} > 0", name=f"{c}_positive") for c in LIMIT_COLUMNS),
+        CheckConstraint(
+            f"concurrency IS NULL OR model = '{DEFAULT_MODEL}'", name="concurrency_on_default"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(200), default=DEFAULT_MODEL)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    rpm_burst: Mapped[int | None] = mapped_column(Integer)
+    tpm_burst: Mapped[int | None] = mapped_column(Integer)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
 
 
 metadata = Base.metadata

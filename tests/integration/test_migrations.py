@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from gateway.db import migrate
 from gateway.db.tables import metadata
 from tests.services import PostgresServer
 
-OUR_TABLES = {"tenants", "api_keys"}
+OUR_TABLES = {"tenants", "api_keys", "limits"}
 
 
 @pytest.fixture
@@ -95,13 +95,19 @@ def test_sqlite_and_postgres_get_the_same_schema(sqlite_url: str, postgres_url: 
     assert on_sqlite == on_postgres
     assert set(on_sqlite) == OUR_TABLES | {"alembic_version"}
     # And the migrated schema is the one the models describe.
-    assert set(on_sqlite["tenants"]["columns"]) == set(metadata.tables["tenants"].c.keys())
-    assert set(on_sqlite["api_keys"]["columns"]) == set(metadata.tables["api_keys"].c.keys())
+    for table in OUR_TABLES:
+        assert set(on_sqlite[table]["columns"]) == set(metadata.tables[table].c.keys())
     assert on_sqlite["api_keys"]["unique"] == [("uq_api_keys_key_hash", ("key_hash",))]
     assert on_sqlite["tenants"]["unique"] == [("uq_tenants_name", ("name",))]
     assert on_sqlite["api_keys"]["indexes"] == [("ix_api_keys_tenant_id", ("tenant_id",), False)]
     assert on_sqlite["api_keys"]["fks"] == [
         ("fk_api_keys_tenant_id_tenants", ("tenant_id",), "tenants", ("id",), "CASCADE")
+    ]
+    # One default row per tenant is this plain constraint (the default row's model is '').
+    assert on_sqlite["limits"]["unique"] == [("uq_limits_tenant_id_model", ("tenant_id", "model"))]
+    assert on_sqlite["limits"]["columns"]["model"] == ("String", 200, False)
+    assert on_sqlite["limits"]["fks"] == [
+        ("fk_limits_tenant_id_tenants", ("tenant_id",), "tenants", ("id",), "CASCADE")
     ]
 
 
@@ -131,3 +137,31 @@ async def test_upgrade_works_from_inside_a_running_loop(sqlite_url: str) -> None
     # env.py moves to a worker thread when a loop is running, instead of failing in asyncio.run.
     migrate.upgrade(sqlite_url)
     assert set(_schema(sqlite_url)) == OUR_TABLES | {"alembic_version"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_limits_step_down_keeps_tenants_and_their_checks(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    # On SQLite, dropping `tenants.default_output_tokens` copies the table: rows and the other
+    # CHECK constraints must survive the copy.
+    url: str = request.getfixturevalue(f"{backend}_url")
+    migrate.upgrade(url)
+    engine = create_engine(_sync_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO tenants (id, name, created_at, default_output_tokens)"
+                    " VALUES ('t1', 'acme', CURRENT_TIMESTAMP, 256)"
+                )
+            )
+        migrate.downgrade(url, "20261122_0001")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT name FROM tenants")).scalars().all() == ["acme"]
+            checks = {ck["name"] for ck in inspect(conn).get_check_constraints("tenants")}
+        assert checks == {"ck_tenants_residency", "ck_tenants_status"}
+        migrate.upgrade(url)
+        migrate.check(url)
+    finally:
+        engine.dispose()
