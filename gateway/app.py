@@ -6,6 +6,7 @@ Nothing else builds objects with dependencies; everything below receives them as
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -19,9 +20,13 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig, load_config
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import GatewayError
+from gateway.limits import FailoverLimiter, Limiter, MemoryLimiter, RedisLimiter
+from gateway.limits.admission import Admitter
 from gateway.observability.logging import configure_logging
 from gateway.settings import Settings
 from gateway.state import Gateway
+from gateway.tasks import BackgroundTasks
+from gateway.upstream.tokenizer import TokenCounter
 from gateway.web import errors as web_errors
 from gateway.web.middleware import EdgeMiddleware
 from gateway.web.routes import routes
@@ -46,13 +51,26 @@ def create_app(
             clock=clock,
             ttl_s=settings.auth_cache_ttl_s,
         )
-        gateway = Gateway.build(settings, config, clock=clock, auth=auth, transport=transport)
+        tasks = BackgroundTasks()
+        limiter, redis_limiter = make_limiter(settings, clock)
+        admitter = Admitter(
+            limiter, default_output_tokens=settings.default_output_tokens, tasks=tasks
+        )
+        gateway = Gateway.build(
+            settings, config, clock=clock, auth=auth, admitter=admitter, transport=transport
+        )
+        # Load tokenizers now (~0.8 s each), not on the first request that needs one.
+        upstream_models = {m for d in config.deployments for m in d.models.values()}
+        await asyncio.to_thread(TokenCounter.preload, upstream_models)
         app.state.gateway = gateway
         try:
             yield
         finally:
+            await tasks.drain(timeout_s=10)
             await gateway.close()
             await engine.dispose()
+            if redis_limiter is not None:
+                await redis_limiter.aclose()
 
     return Starlette(
         routes=routes(),
@@ -64,6 +82,29 @@ def create_app(
         },
         lifespan=lifespan,
     )
+
+
+def make_limiter(settings: Settings, clock: Clock) -> tuple[Limiter, RedisLimiter | None]:
+    """In-process buckets in embedded mode; Redis (with its failure policy) in production.
+
+    Also returns the Redis limiter itself, which owns the connection pool to close.
+    """
+    if settings.redis_url is None:
+        return MemoryLimiter(clock), None
+    primary = RedisLimiter.from_url(
+        settings.redis_url,
+        key_prefix=settings.redis_key_prefix,
+        timeout_s=settings.redis_timeout_s,
+        cluster=settings.redis_cluster,
+    )
+    limiter = FailoverLimiter(
+        primary,
+        MemoryLimiter(clock),
+        mode=settings.limiter_failure_mode,
+        replicas=settings.replicas,
+        clock=clock,
+    )
+    return limiter, primary
 
 
 def create_app_from_env() -> Starlette:

@@ -127,17 +127,30 @@ class RateLimited(ClientError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.extra_headers = headers or {}
 
     def headers(self) -> dict[str, str]:
+        """`retry_after_s` None means it can never succeed: tell SDKs not to retry."""
         if self.retry_after_s is None:
-            return {"x-should-retry": "false"}
+            return {**self.extra_headers, "x-should-retry": "false"}
         # Retry-After is whole seconds (rounded up so a client never comes back too early);
-        # retry-after-ms is exact for the SDKs that read it.
+        # retry-after-ms is exact (rounded up too) for the SDKs that read it.
         whole_s = max(1, -int(-self.retry_after_s // 1))
-        return {"retry-after": str(whole_s), "retry-after-ms": str(int(self.retry_after_s * 1000))}
+        exact_ms = max(1, -int(-self.retry_after_s * 1000 // 1))
+        return {
+            **self.extra_headers,
+            "retry-after": str(whole_s),
+            "retry-after-ms": str(exact_ms),
+        }
 
 
 class BudgetExhausted(ClientError):

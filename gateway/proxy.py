@@ -1,9 +1,12 @@
-"""One call end to end: plan, forward, relay.
+"""One call end to end: plan, admit, forward, relay, settle.
 
 `forward` is what every `/v1` handler calls once the request is authenticated and parsed:
 it plans the targets (routing), translates the payload for the chosen upstream (adapter),
-sends it over that deployment's pooled client, and hands back either a whole body or a stream
-to relay. Upstream failures arrive as `UpstreamError`s, already translated by the client.
+reserves the tenant's limits (admit), sends it over that deployment's pooled client, and hands
+back either a whole body or a stream to relay. Upstream failures arrive as `UpstreamError`s,
+already translated by the client. Whatever happens after admission, the reservation is settled
+exactly once: with the usage the upstream reported, with metered tokens for a stream that broke,
+or with nothing used when the upstream refused or never answered.
 
 Invariants: the client's own `Authorization` never goes upstream (each deployment sends its own
 credential, or none); response bodies are relayed as the upstream sent them, streams chunk by
@@ -20,6 +23,8 @@ import orjson
 
 from gateway.auth.principal import Principal
 from gateway.errors import UpstreamInterrupted
+from gateway.ledger import usage
+from gateway.limits.admission import Admitter, Ticket
 from gateway.state import Gateway
 from gateway.upstream.adapter import Endpoint, adapter_for
 from gateway.upstream.client import ERROR_BODY_LIMIT_BYTES, UpstreamResponse
@@ -64,26 +69,41 @@ async def forward(
     target = routing.plan(principal, model, endpoint)[0]
     deployment = target.deployment
     call = adapter_for(deployment.provider).prepare(endpoint, payload, target.upstream_model)
+    admitter = gw.admitter
+    ticket = await admitter.admit(principal, endpoint, model, payload, target.upstream_model)
     headers = gw.upstream_headers[deployment.name] | {"x-request-id": request_id}
-    response = await gw.clients[deployment.name].post(
-        deployment.base + call.path, headers, call.body
-    )
-    if response.status >= 400:
-        body = await response.read(ERROR_BODY_LIMIT_BYTES)
-        raise normalise_upstream_error(
-            response.status,
-            body,
-            deployment=deployment.name,
-            retry_after=response.headers.get("retry-after"),
+    try:
+        response = await gw.clients[deployment.name].post(
+            deployment.base + call.path, headers, call.body
         )
+        if response.status >= 400:
+            body = await response.read(ERROR_BODY_LIMIT_BYTES)
+            raise normalise_upstream_error(
+                response.status,
+                body,
+                deployment=deployment.name,
+                retry_after=response.headers.get("retry-after"),
+            )
+    except BaseException:
+        admitter.settle(ticket, usage.NOTHING_USED)
+        raise
     out_headers = _passed_headers(response)
+    if ticket is not None:
+        out_headers.update(ticket.headers)
     out_headers["x-gateway-deployment"] = deployment.name
     out_headers["x-gateway-region"] = deployment.region
     media_type = response.headers.get("content-type", "application/json")
     if call.stream:
         watcher = SseWatcher(hide_usage_chunk=call.hide_usage_chunk)
-        return Streamed(response.status, media_type, out_headers, _relay(response, watcher))
-    return Relayed(response.status, media_type, out_headers, await response.read())
+        chunks = _relay(response, watcher, admitter, ticket)
+        return Streamed(response.status, media_type, out_headers, chunks)
+    try:
+        body = await response.read()
+    except BaseException:
+        admitter.settle(ticket, None)  # unknown how much was generated: the reservation stands
+        raise
+    admitter.settle(ticket, usage.from_body(body))
+    return Relayed(response.status, media_type, out_headers, body)
 
 
 def _passed_headers(response: UpstreamResponse) -> dict[str, str]:
@@ -94,8 +114,14 @@ def _passed_headers(response: UpstreamResponse) -> dict[str, str]:
     }
 
 
-async def _relay(response: UpstreamResponse, watcher: SseWatcher) -> AsyncIterator[bytes]:
-    """Relay upstream chunks; a break mid-stream ends with an SSE `error` event."""
+async def _relay(
+    response: UpstreamResponse, watcher: SseWatcher, admitter: Admitter, ticket: Ticket | None
+) -> AsyncIterator[bytes]:
+    """Relay upstream chunks; a break mid-stream ends with an SSE `error` event.
+
+    Settles in `finally`, so a client that hangs up (the server cancels this generator) is
+    still charged for what was generated up to then.
+    """
     try:
         async for chunk in response.chunks():
             out = watcher.feed(chunk)
@@ -110,4 +136,9 @@ async def _relay(response: UpstreamResponse, watcher: SseWatcher) -> AsyncIterat
         }
         yield b"data: " + orjson.dumps(error) + b"\n\n"
     finally:
+        prompt_tokens = ticket.prompt_tokens if ticket is not None else 0
+        used = usage.from_usage(watcher.usage) or usage.metered(
+            prompt_tokens, watcher.content_events
+        )
+        admitter.settle(ticket, used)
         await response.close()

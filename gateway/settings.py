@@ -32,6 +32,23 @@ class Settings(BaseSettings):
         default=None, description="Redis URL; unset means in-process backends (embedded mode)."
     )
     redis_key_prefix: str = Field(default="gw:", description="Prefix of every Redis key we own.")
+    redis_cluster: bool = Field(default=False, description="The Redis URL is a Redis Cluster.")
+    redis_timeout_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="Cap on each Redis call; a slow Redis never stalls requests.",
+    )
+    limiter_failure_mode: Literal["open", "closed"] = Field(
+        default="open",
+        description="Redis unreachable: `open` admits against this replica's share of each limit, "
+        "`closed` refuses with 503.",
+    )
+    replicas: int = Field(
+        default=1, ge=1, description="Gateway replicas sharing the limits (sizes the local share)."
+    )
+    default_output_tokens: int = Field(
+        default=1024, gt=0, description="Output tokens reserved when a request sets no max_tokens."
+    )
     config: Path = Field(default=DEMO_CONFIG_PATH, description="The routing file (YAML).")
     admin_token: SecretStr | None = Field(
         default=None, description="Bootstrap admin token; the admin API is closed without one."

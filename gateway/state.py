@@ -15,6 +15,7 @@ import httpx
 from gateway.auth.principal import Authenticator
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
+from gateway.limits.admission import Admitter
 from gateway.routing.plan import RoutingTable
 from gateway.settings import Settings, read_secret_env
 from gateway.upstream.client import UpstreamClient, make_client
@@ -44,6 +45,7 @@ class Gateway:
     settings: Settings
     clock: Clock
     auth: Authenticator
+    admitter: Admitter
     routing: RoutingTable
     clients: Mapping[str, UpstreamClient]
     upstream_headers: Mapping[str, Mapping[str, str]]
@@ -57,6 +59,7 @@ class Gateway:
         *,
         clock: Clock,
         auth: Authenticator,
+        admitter: Admitter,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> Gateway:
         """Create clients for every deployment; call inside the running loop."""
@@ -65,6 +68,7 @@ class Gateway:
             settings=settings,
             clock=clock,
             auth=auth,
+            admitter=admitter,
             routing=RoutingTable(config, created_s=int(clock.now_s())),
             clients=clients,
             upstream_headers=upstream_headers(config),

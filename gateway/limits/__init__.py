@@ -4,6 +4,7 @@
 and `FailoverLimiter` decides what a Redis outage means. See `limiter.py` for the semantics.
 """
 
+from gateway.limits.failover import FailoverLimiter, local_share
 from gateway.limits.limiter import (
     BucketSpec,
     BucketState,
@@ -13,7 +14,7 @@ from gateway.limits.limiter import (
     Reservation,
 )
 from gateway.limits.memory import MemoryLimiter
-from gateway.limits.redis import FailoverLimiter, RedisLimiter, bucket_key
+from gateway.limits.redis import RedisLimiter, bucket_key
 
 __all__ = [
     "BucketSpec",
@@ -26,4 +27,5 @@ __all__ = [
     "RedisLimiter",
     "Reservation",
     "bucket_key",
+    "local_share",
 ]

@@ -20,7 +20,7 @@ Invariants:
 - a missing bucket is a full bucket (so idle state may expire once it has refilled).
 
 Failure mode: the backends raise `gateway.errors.LimiterUnavailable` when their store is
-unreachable; `redis.FailoverLimiter` decides what that means for admission.
+unreachable; `failover.FailoverLimiter` decides what that means for admission.
 """
 
 from __future__ import annotations

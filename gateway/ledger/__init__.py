@@ -1,0 +1,1 @@
+"""Usage and cost: tokens from bodies and streams, prices, the ledger."""
