@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -30,6 +31,8 @@ from gateway.upstream.tokenizer import TokenCounter
 from gateway.web import errors as web_errors
 from gateway.web.middleware import EdgeMiddleware
 from gateway.web.routes import routes
+
+log = logging.getLogger("gateway.app")
 
 
 def create_app(
@@ -62,6 +65,8 @@ def create_app(
         # Load tokenizers now (~0.8 s each), not on the first request that needs one.
         upstream_models = {m for d in config.deployments for m in d.models.values()}
         await asyncio.to_thread(TokenCounter.preload, upstream_models)
+        if redis_limiter is not None and not await redis_limiter.warm_up():
+            log.warning("Redis is unavailable at start; the limiter failure mode applies")
         app.state.gateway = gateway
         try:
             yield

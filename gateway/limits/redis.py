@@ -11,15 +11,14 @@ Keys (a contract with running systems; `bucket_key` is the one function that bui
 Each key expires once it would have refilled completely (plus a margin), so idle tenants cost
 nothing; a missing bucket reads as full, so expiry changes no answer.
 
-Failure mode: every call has a short deadline (`timeout_s`, no retries; redis-py's defaults
-would hold a request for seconds); any Redis error or timeout becomes `LimiterUnavailable`
-(503) in `_unavailable_on_error`; `failover.FailoverLimiter` decides what that means for
+Failure mode: every socket operation has a short timeout (`timeout_s` for connect, each write
+and each read; no retries: redis-py's defaults would hold a request for seconds); any Redis
+error or timeout becomes `LimiterUnavailable` (503) in `_unavailable_on_error`; `failover.FailoverLimiter` decides what that means for
 admission.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -27,7 +26,6 @@ from uuid import uuid4
 
 from redis.asyncio import Redis, RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from gateway.errors import LimiterUnavailable
@@ -54,13 +52,16 @@ def _script(name: str) -> str:
 
 
 @asynccontextmanager
-async def _unavailable_on_error(operation: str, deadline_s: float) -> AsyncIterator[None]:
-    """Translate Redis errors and an overall deadline into `LimiterUnavailable`."""
+async def _unavailable_on_error(operation: str) -> AsyncIterator[None]:
+    """Translate Redis errors and timeouts into `LimiterUnavailable`."""
+    # The client's own connect/read/write timeouts bound the call. No outer asyncio timeout:
+    # cancelling redis-py mid-handshake leaves half-closed connections in its pool. And
+    # redis-py's Cluster client, when it re-reads the topology, can close a connection
+    # another request is using, which then fails with RuntimeError or AttributeError, not a
+    # RedisError: for admission that too is "Redis did not answer", never a 500.
     try:
-        # The client's socket timeouts bound each read; this bounds connect + write + read.
-        async with asyncio.timeout(deadline_s):
-            yield
-    except (RedisError, OSError, TimeoutError) as exc:
+        yield
+    except Exception as exc:
         raise LimiterUnavailable(
             f"The rate limiter is unavailable ({operation}: {type(exc).__name__})."
         ) from exc
@@ -74,12 +75,10 @@ class RedisLimiter:
         redis: Redis | RedisCluster,
         *,
         key_prefix: str,
-        deadline_s: float = 0.1,
         owns_client: bool = False,
     ) -> None:
         self._redis = redis
         self._prefix = key_prefix
-        self._deadline_s = deadline_s
         self._owns_client = owns_client
         # AsyncScript calls EVALSHA and reloads the script itself on NOSCRIPT (restart, flush).
         self._reserve = redis.register_script(_script("reserve_v1.lua"))
@@ -107,13 +106,28 @@ class RedisLimiter:
             client = RedisCluster.from_url(url, **options)
         else:
             client = Redis.from_url(url, **options)
-        # Connect and read may each take timeout_s; the deadline bounds the pair.
-        return cls(client, key_prefix=key_prefix, deadline_s=2 * timeout_s, owns_client=True)
+        return cls(client, key_prefix=key_prefix, owns_client=True)
 
     @property
     def key_prefix(self) -> str:
         """The prefix every key of this limiter starts with."""
         return self._prefix
+
+    async def warm_up(self) -> bool:
+        """Connect (and learn a Cluster's slots) and load both scripts, before traffic does.
+
+        Returns False, without raising, when Redis is unavailable: the gateway still starts
+        and the failure policy applies until Redis answers.
+        """
+        try:
+            async with _unavailable_on_error("warm-up"):
+                if isinstance(self._redis, RedisCluster):
+                    await self._redis.initialize()
+                for script in (self._reserve, self._settle):
+                    await self._redis.script_load(script.script)
+        except LimiterUnavailable:
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Close the client if this limiter created it."""
@@ -141,7 +155,7 @@ class RedisLimiter:
             slot_id = uuid4().hex
             keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
             args += [concurrency.limit, slot_id, concurrency.lease_ms]
-        async with _unavailable_on_error("reserve", self._deadline_s):
+        async with _unavailable_on_error("reserve"):
             reply = await self._reserve(keys=keys, args=args)
         return _decision(tenant_id, demands, concurrency, slot_id, [int(x) for x in reply])
 
@@ -165,7 +179,7 @@ class RedisLimiter:
         if release_slot is not None:
             keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
             args.append(release_slot)
-        async with _unavailable_on_error("settle", self._deadline_s):
+        async with _unavailable_on_error("settle"):
             await self._settle(keys=keys, args=args)
 
 

@@ -3,12 +3,19 @@ production (its own Postgres database and Redis key prefix)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.stack import Stack, base_env, cli, last_line, process, routing_file, simulator
+from tests.e2e.stack import (
+    Stack,
+    base_env,
+    cli,
+    create_tenant,
+    gateway_server,
+    routing_file,
+    simulator,
+)
 from tests.services import PostgresServer, RedisServer, free_port, run_prefix
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -40,15 +47,12 @@ def stack(
             config = routing_file(tmp / "routing.yaml", mistral_url, vllm_url, free_port())
             env["GATEWAY_CONFIG"] = str(config)
             cli(env, "migrate")
-            tenant_id = last_line(cli(env, "tenants", "create", "acme", "--residency", "eu"))
-            key = last_line(cli(env, "keys", "create", "acme", "--name", "e2e"))
-            port = free_port()
+            tenant_id, key = create_tenant(env, "acme", "--residency", "eu")
             log = tmp / "gateway.log"
-            args = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
-            with process(args, env, port, log):
+            with gateway_server(env, log) as base_url:
                 yield Stack(
                     mode=mode,
-                    base_url=f"http://127.0.0.1:{port}",
+                    base_url=base_url,
                     key=key,
                     tenant_id=tenant_id,
                     env=env,

@@ -152,6 +152,22 @@ def routing_file(path: Path, mistral_url: str, vllm_url: str, dead_port: int) ->
     return path
 
 
+def create_tenant(env: Mapping[str, str], name: str, *flags: str) -> tuple[str, str]:
+    """`gateway tenants create NAME FLAGS` then `gateway keys create NAME`: (tenant id, key)."""
+    tenant_id = last_line(cli(env, "tenants", "create", name, *flags))
+    key = last_line(cli(env, "keys", "create", name, "--name", "e2e"))
+    return tenant_id, key
+
+
+@contextmanager
+def gateway_server(env: Mapping[str, str], log: Path) -> Iterator[str]:
+    """`gateway serve` on a free port, as an operator starts it; yields its base URL."""
+    port = free_port()
+    args = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+    with process(args, env, port, log):
+        yield f"http://127.0.0.1:{port}"
+
+
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env["PYTHONUNBUFFERED"] = "1"
