@@ -34,10 +34,23 @@ class Timeouts(_Frozen):
     """Per-deployment timeouts, in seconds."""
 
     connect_s: float = Field(default=5.0, gt=0)
-    read_s: float = Field(
-        default=120.0, gt=0, description="Time to first byte, and the longest silence mid-stream."
+    first_byte_s: float = Field(
+        default=60.0, gt=0, description="From sending the request to the response's headers."
     )
+    read_s: float = Field(default=120.0, gt=0, description="The longest silence mid-response.")
     total_s: float = Field(default=600.0, gt=0, description="Whole request, stream included.")
+
+
+class HealthCheck(_Frozen):
+    """Active checks of one deployment (vLLM: `GET /health`; others: an authenticated
+    `GET /models`), and optionally its load as vLLM reports it on `/metrics`."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=10.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    scrape_load: bool = Field(
+        default=False, description="vLLM only: read requests running/waiting from /metrics."
+    )
 
 
 class Deployment(_Frozen):
@@ -52,6 +65,20 @@ class Deployment(_Frozen):
     models: dict[str, str] = Field(min_length=1, description="public model name -> upstream name")
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(default=256, gt=0)
+    weight: float = Field(default=1.0, gt=0, description="Share of traffic among equals.")
+    priority: int = Field(
+        default=0, ge=0, description="Tier: 0 is preferred; higher tiers take the spill-over."
+    )
+    max_outstanding: int | None = Field(
+        default=None, gt=0, description="In-flight requests at which it counts as saturated."
+    )
+    health: HealthCheck = HealthCheck()
+
+    @model_validator(mode="after")
+    def _load_scraping_is_for_vllm(self) -> Deployment:
+        if self.health.scrape_load and self.provider != "vllm":
+            raise ValueError("health.scrape_load: only vLLM deployments expose /metrics")
+        return self
 
     @property
     def base(self) -> str:
@@ -69,10 +96,58 @@ class SimulatorConfig(_Frozen):
     token_delay_ms: float = Field(default=0, ge=0)
 
 
+class ModelGroup(_Frozen):
+    """Settings of one public model (the group of deployments serving it)."""
+
+    aliases: tuple[str, ...] = Field(default=(), description="Other names clients may use.")
+    fallbacks: tuple[str, ...] = Field(
+        default=(),
+        description="Public models to try, in order, when no deployment of this one is left.",
+    )
+
+
+class RetryPolicy(_Frozen):
+    """When and how a failed attempt is tried again (only before the client got a byte)."""
+
+    max_attempts: int = Field(default=3, ge=1, le=10, description="Attempts per request.")
+    backoff_base_s: float = Field(default=0.05, ge=0)
+    backoff_cap_s: float = Field(default=2.0, ge=0)
+    retry_on_500: bool = False
+    deadline_s: float = Field(
+        default=30.0, gt=0, description="No attempt starts, nor wait ends, later than this."
+    )
+    budget_ratio: float = Field(
+        default=0.2, ge=0, le=1, description="Retries per deployment <= this x its requests."
+    )
+    budget_min_retries: int = Field(
+        default=3, ge=0, description="Retries always allowed per deployment and window."
+    )
+    budget_window_s: float = Field(default=10.0, gt=0)
+
+
+class Ejection(_Frozen):
+    """Passive outlier detection: consecutive failures take a deployment out for a while."""
+
+    consecutive_failures: int = Field(default=3, ge=1)
+    base_s: float = Field(default=5.0, gt=0, description="First ejection; doubles on repeat.")
+    max_s: float = Field(default=300.0, gt=0)
+
+
+class RoutingPolicy(_Frozen):
+    """How requests are spread and retried across deployments."""
+
+    retries: RetryPolicy = RetryPolicy()
+    ejection: Ejection = Ejection()
+
+
 class GatewayConfig(_Frozen):
     """The whole routing file."""
 
     deployments: tuple[Deployment, ...]
+    models: dict[str, ModelGroup] = Field(
+        default_factory=dict, description="Per public model: aliases and fallbacks."
+    )
+    routing: RoutingPolicy = RoutingPolicy()
     simulator: SimulatorConfig | None = None
 
     @model_validator(mode="after")
@@ -84,6 +159,24 @@ class GatewayConfig(_Frozen):
             if deployment.name in seen:
                 raise ValueError(f"deployment name {deployment.name!r} is used twice")
             seen.add(deployment.name)
+        return self
+
+    @model_validator(mode="after")
+    def _groups_are_consistent(self) -> GatewayConfig:
+        served = set(self.public_models())
+        names = set(served)
+        for model, group in self.models.items():
+            if model not in served:
+                raise ValueError(f"models.{model}: no deployment serves this model")
+            for alias in group.aliases:
+                if alias in names:
+                    raise ValueError(f"models.{model}.aliases: {alias!r} is already a model name")
+                names.add(alias)
+            for fallback in group.fallbacks:
+                if fallback == model or fallback not in served:
+                    raise ValueError(
+                        f"models.{model}.fallbacks: {fallback!r} is not another served model"
+                    )
         return self
 
     def public_models(self) -> tuple[str, ...]:

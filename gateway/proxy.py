@@ -15,6 +15,7 @@ chunk; a stream that breaks mid-way ends with an SSE error event the SDKs raise 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,11 @@ from gateway.auth.principal import Principal
 from gateway.errors import UpstreamInterrupted
 from gateway.ledger import usage
 from gateway.limits.admission import Admitter, Ticket
+from gateway.routing.attempts import Answer
+from gateway.routing.plan import Target
+from gateway.routing.trace import RouteTrace
 from gateway.state import Gateway
-from gateway.upstream.adapter import Endpoint, adapter_for
+from gateway.upstream.adapter import Endpoint, UpstreamCall, adapter_for
 from gateway.upstream.client import ERROR_BODY_LIMIT_BYTES, UpstreamResponse
 from gateway.upstream.rejection import normalise_upstream_error
 from gateway.web.sse import SseWatcher
@@ -44,6 +48,7 @@ class Relayed:
     media_type: str
     headers: dict[str, str]
     body: bytes
+    trace: RouteTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,7 @@ class Streamed:
     media_type: str
     headers: dict[str, str]
     chunks: AsyncIterator[bytes]
+    trace: RouteTrace
 
 
 async def forward(
@@ -63,16 +69,23 @@ async def forward(
     model: str,
     payload: dict[str, Any],
     request_id: str,
+    residency: str | None = None,
 ) -> Relayed | Streamed:
-    """Send one parsed request to the best target and return what to relay."""
-    routing = gw.routing
-    target = routing.plan(principal, model, endpoint)[0]
-    deployment = target.deployment
-    call = adapter_for(deployment.provider).prepare(endpoint, payload, target.upstream_model)
+    """Send one parsed request to the best target (retrying, falling back) and return what
+    to relay. `residency` is the request's own residency header, which may only narrow."""
+    plan = gw.routing.plan(principal, model, endpoint, principal.residency.narrowed(residency))
     admitter = gw.admitter
-    ticket = await admitter.admit(principal, endpoint, model, payload, target.upstream_model)
-    headers = gw.upstream_headers[deployment.name] | {"x-request-id": request_id}
-    try:
+    ticket = await admitter.admit(
+        principal, endpoint, plan.model, payload, plan.first.upstream_model
+    )
+    trace = RouteTrace(plan.model, plan.policy.label, plan.eligible)
+    calls: dict[str, UpstreamCall] = {}
+
+    async def send(target: Target) -> UpstreamResponse:
+        deployment = target.deployment
+        call = adapter_for(deployment.provider).prepare(endpoint, payload, target.upstream_model)
+        calls[deployment.name] = call
+        headers = gw.upstream_headers[deployment.name] | {"x-request-id": request_id}
         response = await gw.clients[deployment.name].post(
             deployment.base + call.path, headers, call.body
         )
@@ -84,26 +97,35 @@ async def forward(
                 deployment=deployment.name,
                 retry_after=response.headers.get("retry-after"),
             )
+        return response
+
+    try:
+        answer = await gw.attempter.run(plan, send, trace)
     except BaseException:
         admitter.settle(ticket, usage.NOTHING_USED)
         raise
+    response, deployment = answer.response, answer.target.deployment
     out_headers = _passed_headers(response)
     if ticket is not None:
         out_headers.update(ticket.headers)
     out_headers["x-gateway-deployment"] = deployment.name
     out_headers["x-gateway-region"] = deployment.region
+    out_headers["x-gateway-attempts"] = str(len(trace.attempts))
     media_type = response.headers.get("content-type", "application/json")
+    call = calls[deployment.name]
     if call.stream:
         watcher = SseWatcher(hide_usage_chunk=call.hide_usage_chunk)
-        chunks = _relay(response, watcher, admitter, ticket)
-        return Streamed(response.status, media_type, out_headers, chunks)
+        chunks = _relay(answer, watcher, admitter, ticket)
+        return Streamed(response.status, media_type, out_headers, chunks, trace)
     try:
         body = await response.read()
-    except BaseException:
+    except BaseException as exc:
+        answer.finished(ok=None if isinstance(exc, asyncio.CancelledError) else False)
         admitter.settle(ticket, None)  # unknown how much was generated: the reservation stands
         raise
+    answer.finished(ok=True)
     admitter.settle(ticket, usage.from_body(body))
-    return Relayed(response.status, media_type, out_headers, body)
+    return Relayed(response.status, media_type, out_headers, body, trace)
 
 
 def _passed_headers(response: UpstreamResponse) -> dict[str, str]:
@@ -115,13 +137,15 @@ def _passed_headers(response: UpstreamResponse) -> dict[str, str]:
 
 
 async def _relay(
-    response: UpstreamResponse, watcher: SseWatcher, admitter: Admitter, ticket: Ticket | None
+    answer: Answer, watcher: SseWatcher, admitter: Admitter, ticket: Ticket | None
 ) -> AsyncIterator[bytes]:
     """Relay upstream chunks; a break mid-stream ends with an SSE `error` event.
 
     Settles in `finally`, so a client that hangs up (the server cancels this generator) is
-    still charged for what was generated up to then.
+    still charged for what was generated up to then, and the upstream request is aborted.
     """
+    response = answer.response
+    ok: bool | None = None  # the client left before the end: no verdict on the deployment
     try:
         async for chunk in response.chunks():
             out = watcher.feed(chunk)
@@ -130,12 +154,15 @@ async def _relay(
         tail = watcher.flush()
         if tail:
             yield tail
+        ok = True
     except UpstreamInterrupted as exc:
+        ok = False
         error = {
             "error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": None}
         }
         yield b"data: " + orjson.dumps(error) + b"\n\n"
     finally:
+        answer.finished(ok=ok)
         prompt_tokens = ticket.prompt_tokens if ticket is not None else 0
         used = usage.from_usage(watcher.usage) or usage.metered(
             prompt_tokens, watcher.content_events

@@ -16,6 +16,8 @@ from gateway.auth.principal import Authenticator
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.limits.admission import Admitter
+from gateway.routing.attempts import Attempter
+from gateway.routing.health import HealthBoard
 from gateway.routing.plan import RoutingTable
 from gateway.settings import Settings, read_secret_env
 from gateway.upstream.client import UpstreamClient, make_client
@@ -47,6 +49,7 @@ class Gateway:
     auth: Authenticator
     admitter: Admitter
     routing: RoutingTable
+    attempter: Attempter
     clients: Mapping[str, UpstreamClient]
     upstream_headers: Mapping[str, Mapping[str, str]]
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False)
@@ -64,12 +67,14 @@ class Gateway:
     ) -> Gateway:
         """Create clients for every deployment; call inside the running loop."""
         clients = {d.name: make_client(d, transport) for d in config.deployments}
+        board = HealthBoard(d.name for d in config.deployments)
         return cls(
             settings=settings,
             clock=clock,
             auth=auth,
             admitter=admitter,
             routing=RoutingTable(config, created_s=int(clock.now_s())),
+            attempter=Attempter(board, config.routing, clock),
             clients=clients,
             upstream_headers=upstream_headers(config),
             transport=transport,

@@ -32,6 +32,7 @@ from gateway.db.limits import load_tenant_limits
 from gateway.db.tables import ApiKey, Tenant
 from gateway.errors import Unauthenticated
 from gateway.limits.policy import UNLIMITED, TenantLimits
+from gateway.routing.residency import ResidencyPolicy
 
 MISSING_KEY = "Missing API key: send `Authorization: Bearer <key>`."
 NOT_BEARER = "Unsupported authorization scheme: send `Authorization: Bearer <key>`."
@@ -52,7 +53,7 @@ class Principal:
     tenant_id: str
     key_id: str
     tenant_name: str
-    residency: str
+    residency: ResidencyPolicy
     allowed_models: frozenset[str] | None
     limits: TenantLimits = UNLIMITED
     default_output_tokens: int | None = None  # None: the routing file's default applies
@@ -191,7 +192,7 @@ def _accepted(key: ApiKey, tenant: Tenant, limits: TenantLimits) -> _Entry:
         tenant_id=tenant.id,
         key_id=key.id,
         tenant_name=tenant.name,
-        residency=tenant.residency,
+        residency=ResidencyPolicy.parse(tenant.residency),
         allowed_models=None if allowed is None else frozenset(allowed),
         limits=limits,
         default_output_tokens=tenant.default_output_tokens,

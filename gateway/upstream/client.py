@@ -131,6 +131,7 @@ class AiohttpClient:
     def __init__(self, deployment: Deployment) -> None:
         timeouts = deployment.timeouts
         self._name = deployment.name
+        self._first_byte_s = timeouts.first_byte_s
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total_s, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s
         )
@@ -142,9 +143,10 @@ class AiohttpClient:
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> UpstreamResponse:
         with aiohttp_errors_before_response(self._name):
-            response = await self._session.post(
-                url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
-            )
+            async with asyncio.timeout(self._first_byte_s):
+                response = await self._session.post(
+                    url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+                )
         return _AiohttpResponse(response, self._name)
 
     async def close(self) -> None:
@@ -225,6 +227,7 @@ class HttpxClient:
     def __init__(self, deployment: Deployment, transport: httpx.AsyncBaseTransport) -> None:
         timeouts = deployment.timeouts
         self._name = deployment.name
+        self._first_byte_s = timeouts.first_byte_s
         self._client = httpx.AsyncClient(
             transport=transport,
             follow_redirects=False,
@@ -236,7 +239,11 @@ class HttpxClient:
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> UpstreamResponse:
         request = self._client.build_request("POST", url, headers=headers, content=body)
         with httpx_errors_before_response(self._name):
-            response = await self._client.send(request, stream=True)
+            try:
+                async with asyncio.timeout(self._first_byte_s):
+                    response = await self._client.send(request, stream=True)
+            except TimeoutError:
+                raise httpx.ReadTimeout("no response headers in time", request=request) from None
         return _HttpxResponse(response, self._name)
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.proxy import Relayed, Streamed, forward
+from gateway.routing.residency import RESIDENCY_HEADER
 from gateway.state import Gateway
 from gateway.upstream.adapter import Endpoint
 from gateway.web.wire import parse_json_object, validate
@@ -20,7 +21,15 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
     principal = await gw.auth.authenticate(request.headers.get("authorization"))
     payload = parse_json_object(await request.body())
     model = validate(endpoint, payload)
-    result = await forward(gw, principal, endpoint, model, payload, request.state.request_id)
+    result = await forward(
+        gw,
+        principal,
+        endpoint,
+        model,
+        payload,
+        request.state.request_id,
+        request.headers.get(RESIDENCY_HEADER),
+    )
     return render(result)
 
 

@@ -115,6 +115,9 @@ class Stack:
 
 def routing_file(path: Path, mistral_url: str, vllm_url: str, dead_port: int) -> Path:
     config = {
+        # One attempt, no ejection: these tests check what one failure looks like to the
+        # client, and share one gateway. Routing behaviour has its own tests.
+        "routing": {"retries": {"max_attempts": 1}, "ejection": {"consecutive_failures": 1000}},
         "deployments": [
             {
                 "name": "sim-plateforme",

@@ -35,6 +35,7 @@ from gateway.db.keys import insert_key, revoke_key
 from gateway.db.tables import ApiKey, Tenant
 from gateway.db.tenants import create_tenant, get_tenant, get_tenant_by_name
 from gateway.errors import DependencyUnavailable, InvalidRequest, Unauthenticated
+from gateway.routing.residency import ResidencyPolicy
 from gateway.settings import Settings
 from tests.services import free_port
 
@@ -165,7 +166,7 @@ async def test_valid_key_authenticates(db: Db, clock: FakeClock, auth: Authentic
         tenant_id=issued.tenant_id,
         key_id=issued.key_id,
         tenant_name=issued.tenant_name,
-        residency="eu",
+        residency=ResidencyPolicy.parse("eu"),
         allowed_models=frozenset({"small", "large"}),
     )
     other = await issue_key(db, clock)
