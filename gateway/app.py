@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -21,9 +22,13 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig, load_config
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import GatewayError
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.pipeline import LedgerPipeline
 from gateway.limits import FailoverLimiter, Limiter, MemoryLimiter, RedisLimiter
 from gateway.limits.admission import Admitter
 from gateway.observability.logging import configure_logging
+from gateway.routing.probes import HealthProber
+from gateway.routing.reload import ConfigReloader
 from gateway.settings import Settings
 from gateway.state import Gateway
 from gateway.tasks import BackgroundTasks
@@ -41,8 +46,10 @@ def create_app(
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    config_path: Path | None = None,
 ) -> Starlette:
-    """Build the gateway application. `transport` replaces the network (tests)."""
+    """Build the gateway application. `transport` replaces the network (tests);
+    `config_path`, the file `config` came from, is watched and re-read on change or SIGHUP."""
     clock = clock or SystemClock()
 
     @contextlib.asynccontextmanager
@@ -59,19 +66,39 @@ def create_app(
         admitter = Admitter(
             limiter, default_output_tokens=settings.default_output_tokens, tasks=tasks
         )
+        pipeline = LedgerPipeline(settings, config, make_sessionmaker(engine), clock)
+        await pipeline.start()
+        ledger = Ledger(pipeline.journal, pipeline.catalog, tasks, clock)
         gateway = Gateway.build(
-            settings, config, clock=clock, auth=auth, admitter=admitter, transport=transport
+            settings,
+            config,
+            clock=clock,
+            auth=auth,
+            admitter=admitter,
+            ledger=ledger,
+            transport=transport,
         )
+        app.state.ledger_pipeline = pipeline
         # Load tokenizers now (~0.8 s each), not on the first request that needs one.
         upstream_models = {m for d in config.deployments for m in d.models.values()}
         await asyncio.to_thread(TokenCounter.preload, upstream_models)
         if redis_limiter is not None and not await redis_limiter.warm_up():
             log.warning("Redis is unavailable at start; the limiter failure mode applies")
         app.state.gateway = gateway
+        prober = HealthProber(gateway, transport)
+        prober.start()
+        reloader = ConfigReloader(config_path, gateway) if config_path is not None else None
+        if reloader is not None:
+            reloader.start()
+        app.state.prober, app.state.reloader = prober, reloader
         try:
             yield
         finally:
-            await tasks.drain(timeout_s=10)
+            if reloader is not None:
+                await reloader.stop()
+            await prober.stop()
+            await tasks.drain(timeout_s=10)  # settles and journal appends of the last requests
+            await pipeline.stop()
             await gateway.close()
             await engine.dispose()
             if redis_limiter is not None:
@@ -116,4 +143,4 @@ def create_app_from_env() -> Starlette:
     """uvicorn's factory: settings from the environment, the routing file they name."""
     settings = Settings()
     configure_logging(settings.log_level)
-    return create_app(settings, load_config(settings.config))
+    return create_app(settings, load_config(settings.config), config_path=settings.config)

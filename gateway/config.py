@@ -12,6 +12,8 @@ together, one per line, as `file: dotted.path: reason`. Secrets appear only by r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -140,6 +142,33 @@ class RoutingPolicy(_Frozen):
     ejection: Ejection = Ejection()
 
 
+class PriceEntry(_Frozen):
+    """A list price from the routing file, seeded into the `prices` table at start.
+
+    Amounts are per million tokens in `currency`; they must be exact to the micro-unit.
+    """
+
+    model: str = Field(min_length=1)
+    deployment: str = Field(default="", description="Empty: every deployment of the model.")
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    input_per_mtok: Decimal = Field(ge=0)
+    output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+    effective_from: datetime = datetime(2020, 1, 1, tzinfo=UTC)
+
+    @model_validator(mode="after")
+    def _exact_to_the_micro(self) -> PriceEntry:
+        for name in ("input_per_mtok", "output_per_mtok"):
+            if (getattr(self, name) * 1_000_000) % 1:
+                raise ValueError(f"{name}: more precise than a micro-unit")
+        if self.effective_from.tzinfo is None:
+            raise ValueError("effective_from: give a time zone (e.g. 2026-12-01T00:00:00Z)")
+        return self
+
+    def micros(self) -> tuple[int, int]:
+        """(input, output) in micro-units per million tokens."""
+        return int(self.input_per_mtok * 1_000_000), int(self.output_per_mtok * 1_000_000)
+
+
 class GatewayConfig(_Frozen):
     """The whole routing file."""
 
@@ -148,6 +177,7 @@ class GatewayConfig(_Frozen):
         default_factory=dict, description="Per public model: aliases and fallbacks."
     )
     routing: RoutingPolicy = RoutingPolicy()
+    prices: tuple[PriceEntry, ...] = ()
     simulator: SimulatorConfig | None = None
 
     @model_validator(mode="after")

@@ -23,9 +23,12 @@ from typing import Any
 import orjson
 
 from gateway.auth.principal import Principal
-from gateway.errors import UpstreamInterrupted
+from gateway.errors import GatewayError, UpstreamInterrupted
 from gateway.ledger import usage
-from gateway.limits.admission import Admitter, Ticket
+from gateway.ledger.ledger import CallFacts
+from gateway.ledger.usage import UsedTokens
+from gateway.limits.admission import Ticket
+from gateway.limits.tokens import count_prompt_tokens
 from gateway.routing.attempts import Answer
 from gateway.routing.plan import Target
 from gateway.routing.trace import RouteTrace
@@ -38,6 +41,7 @@ from gateway.web.sse import SseWatcher
 # Upstream headers worth passing on: the content type, and the provider's own rate-limit
 # report (shared/API-FACTS.md §1.7: pass every x-ratelimit* / ratelimitbysize* through).
 _PASSED_PREFIXES = ("x-ratelimit", "ratelimitbysize")
+CLIENT_CLOSED = 499  # the status nginx logs for a client that left before the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,22 +77,39 @@ async def forward(
 ) -> Relayed | Streamed:
     """Send one parsed request to the best target (retrying, falling back) and return what
     to relay. `residency` is the request's own residency header, which may only narrow."""
+    clock = gw.clock
+    started_at_s, started_mono_s = clock.now_s(), clock.monotonic_s()
     plan = gw.routing.plan(principal, model, endpoint, principal.residency.narrowed(residency))
     admitter = gw.admitter
     ticket = await admitter.admit(
         principal, endpoint, plan.model, payload, plan.first.upstream_model
     )
+    facts = CallFacts(
+        request_id,
+        principal.tenant_id,
+        principal.key_id,
+        endpoint.value,
+        plan.model,
+        started_at_s,
+        started_mono_s,
+        stream=payload.get("stream") is True,
+    )
     trace = RouteTrace(plan.model, plan.policy.label, plan.eligible)
+    finish = _Finish(gw, ticket, facts, trace, endpoint, payload)
     calls: dict[str, UpstreamCall] = {}
 
     async def send(target: Target) -> UpstreamResponse:
         deployment = target.deployment
         call = adapter_for(deployment.provider).prepare(endpoint, payload, target.upstream_model)
         calls[deployment.name] = call
+        facts.deployment, facts.region = deployment.name, deployment.region
+        facts.upstream_model = target.upstream_model
         headers = gw.upstream_headers[deployment.name] | {"x-request-id": request_id}
+        sent_s = clock.monotonic_s()
         response = await gw.clients[deployment.name].post(
             deployment.base + call.path, headers, call.body
         )
+        facts.upstream_latency_s = clock.monotonic_s() - sent_s
         if response.status >= 400:
             body = await response.read(ERROR_BODY_LIMIT_BYTES)
             raise normalise_upstream_error(
@@ -101,10 +122,11 @@ async def forward(
 
     try:
         answer = await gw.attempter.run(plan, send, trace)
-    except BaseException:
-        admitter.settle(ticket, usage.NOTHING_USED)
+    except BaseException as exc:
+        finish.failed(exc)
         raise
     response, deployment = answer.response, answer.target.deployment
+    facts.status = response.status
     out_headers = _passed_headers(response)
     if ticket is not None:
         out_headers.update(ticket.headers)
@@ -114,18 +136,74 @@ async def forward(
     media_type = response.headers.get("content-type", "application/json")
     call = calls[deployment.name]
     if call.stream:
+        facts.stream = True
         watcher = SseWatcher(hide_usage_chunk=call.hide_usage_chunk)
-        chunks = _relay(answer, watcher, admitter, ticket)
+        chunks = _relay(answer, watcher, finish)
         return Streamed(response.status, media_type, out_headers, chunks, trace)
     try:
         body = await response.read()
     except BaseException as exc:
         answer.finished(ok=None if isinstance(exc, asyncio.CancelledError) else False)
-        admitter.settle(ticket, None)  # unknown how much was generated: the reservation stands
+        finish.failed(exc, reservation_stands=True)
         raise
     answer.finished(ok=True)
-    admitter.settle(ticket, usage.from_body(body))
+    used, facts.upstream_id = usage.from_body(body)
+    finish.done(used)
     return Relayed(response.status, media_type, out_headers, body, trace)
+
+
+class _Finish:
+    """Settles the reservation and records the call: exactly once, whatever path ends it."""
+
+    __slots__ = ("_done", "endpoint", "facts", "gw", "payload", "ticket", "trace")
+
+    def __init__(
+        self,
+        gw: Gateway,
+        ticket: Ticket | None,
+        facts: CallFacts,
+        trace: RouteTrace,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+    ) -> None:
+        self.gw, self.ticket, self.facts, self.trace = gw, ticket, facts, trace
+        self.endpoint, self.payload = endpoint, payload
+        self._done = False
+
+    def done(self, used: UsedTokens | None, *, reservation_stands: bool = False) -> None:
+        """The call ended; `used` None means no usage is known (an estimate is recorded)."""
+        if self._done:
+            return
+        self._done = True
+        self.gw.admitter.settle(self.ticket, None if reservation_stands else used)
+        if used is None:
+            used = usage.estimated(self.prompt_tokens())
+        self.gw.ledger.record(self.facts, self.trace, used)
+
+    def failed(self, exc: BaseException, *, reservation_stands: bool = False) -> None:
+        """The call ended in an error before a whole answer was relayed."""
+        facts = self.facts
+        if isinstance(exc, GatewayError):
+            facts.status, facts.error_code = exc.status, exc.code
+        elif isinstance(exc, asyncio.CancelledError):
+            facts.status, facts.error_code = CLIENT_CLOSED, "client_disconnected"
+        else:
+            facts.status, facts.error_code = 500, "internal_error"
+        self.done(
+            None if reservation_stands else usage.NOTHING_USED,
+            reservation_stands=reservation_stands,
+        )
+
+    def prompt_tokens(self) -> int:
+        if self.ticket is not None and self.ticket.prompt_tokens:
+            return self.ticket.prompt_tokens
+        model = self.facts.upstream_model
+        if model is None:
+            return 0
+        try:
+            return count_prompt_tokens(self.endpoint, self.payload, model)
+        except Exception:  # an estimate must never fail the recording
+            return 0
 
 
 def _passed_headers(response: UpstreamResponse) -> dict[str, str]:
@@ -136,20 +214,22 @@ def _passed_headers(response: UpstreamResponse) -> dict[str, str]:
     }
 
 
-async def _relay(
-    answer: Answer, watcher: SseWatcher, admitter: Admitter, ticket: Ticket | None
-) -> AsyncIterator[bytes]:
+async def _relay(answer: Answer, watcher: SseWatcher, finish: _Finish) -> AsyncIterator[bytes]:
     """Relay upstream chunks; a break mid-stream ends with an SSE `error` event.
 
-    Settles in `finally`, so a client that hangs up (the server cancels this generator) is
-    still charged for what was generated up to then, and the upstream request is aborted.
+    Settles and records in `finally`, so a client that hangs up (the server cancels this
+    generator) is still charged for what was generated up to then, and the upstream request
+    is aborted at once by closing its response.
     """
     response = answer.response
+    facts = finish.facts
     ok: bool | None = None  # the client left before the end: no verdict on the deployment
     try:
         async for chunk in response.chunks():
             out = watcher.feed(chunk)
             if out:
+                if facts.first_chunk_mono_s is None:
+                    facts.first_chunk_mono_s = finish.gw.clock.monotonic_s()
                 yield out
         tail = watcher.flush()
         if tail:
@@ -157,15 +237,18 @@ async def _relay(
         ok = True
     except UpstreamInterrupted as exc:
         ok = False
+        facts.error_code = exc.code
         error = {
             "error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": None}
         }
         yield b"data: " + orjson.dumps(error) + b"\n\n"
     finally:
+        if ok is None and facts.error_code is None:
+            facts.error_code = "client_disconnected"
         answer.finished(ok=ok)
-        prompt_tokens = ticket.prompt_tokens if ticket is not None else 0
+        prompt_tokens = finish.ticket.prompt_tokens if finish.ticket is not None else 0
         used = usage.from_usage(watcher.usage) or usage.metered(
-            prompt_tokens, watcher.content_events
+            prompt_tokens or finish.prompt_tokens(), watcher.content_events
         )
-        admitter.settle(ticket, used)
+        finish.done(used)
         await response.close()

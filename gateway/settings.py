@@ -63,6 +63,18 @@ class Settings(BaseSettings):
     auth_cache_ttl_s: float = Field(
         default=2.0, ge=0, description="How long a key→tenant lookup is trusted before re-reading."
     )
+    spool_dir: Path = Field(
+        default=Path(".gateway-spool"),
+        description="Where usage records wait when the journal (Redis) or the database is down.",
+    )
+    ledger_writer: bool = Field(
+        default=True,
+        description="Run a ledger writer in each gateway process (else run `gateway ledger`).",
+    )
+    ledger_batch_size: int = Field(default=500, gt=0, description="Rows per ledger transaction.")
+    price_refresh_s: float = Field(
+        default=30.0, gt=0, description="How often the in-memory price book is reloaded."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     host: str = "127.0.0.1"
     port: int = 8080

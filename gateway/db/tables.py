@@ -14,15 +14,19 @@ because `engine.py` turns foreign keys on); a tenant has at most one default lim
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -161,6 +165,145 @@ class Limits(Base):
     tpm_burst: Mapped[int | None] = mapped_column(Integer)
     concurrency: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime]
+
+
+ANY_DEPLOYMENT = ""
+"""`Price.deployment` of a price that applies to every deployment of the model (see
+`DEFAULT_MODEL` for why an empty string and not NULL)."""
+
+TOKEN_SOURCES = ("provider", "metered", "estimated")
+BUDGET_PERIODS = ("month",)
+
+
+class Price(Base):
+    """One version of a model's price: in force from `effective_from` until the next version.
+
+    Amounts are integer micro-units of `currency` per million tokens (0.15 EUR/M = 150000), so
+    a cost is exact integer arithmetic. `deployment = ''` prices the model everywhere; a row
+    naming a deployment (a self-hosted replica's chargeback price) wins over it.
+    """
+
+    __tablename__ = "prices"
+    __table_args__ = (
+        UniqueConstraint(
+            "model", "deployment", "effective_from", name="uq_prices_model_deployment_from"
+        ),
+        CheckConstraint("input_micros_per_mtok >= 0", name="input_non_negative"),
+        CheckConstraint("output_micros_per_mtok >= 0", name="output_non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(200))
+    deployment: Mapped[str] = mapped_column(String(64), default=ANY_DEPLOYMENT)
+    currency: Mapped[str] = mapped_column(String(3))
+    input_micros_per_mtok: Mapped[int] = mapped_column(BigInteger)
+    output_micros_per_mtok: Mapped[int] = mapped_column(BigInteger)
+    effective_from: Mapped[datetime]
+    created_at: Mapped[datetime]
+
+
+class UsageEvent(Base):
+    """One row per request the gateway admitted: tokens, cost, route, timings, outcome.
+
+    `request_id` is the gateway's own id and the idempotency key of the ledger pipeline
+    (writers insert with ON CONFLICT DO NOTHING). Upstream ids can repeat or be missing, so
+    `upstream_id` is kept but never used as a key. `cost_micros` is NULL (and `unpriced` true)
+    when no price was in force: never a silent 0. `jurisdictions` lists where the request was
+    actually sent, so "did tenant X ever leave the EU" is one indexed query.
+    """
+
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        CheckConstraint(_in_list("token_source", TOKEN_SOURCES), name="token_source"),
+        Index("ix_usage_events_tenant_id_started_at", "tenant_id", "started_at"),
+        Index("ix_usage_events_started_at", "started_at"),
+    )
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    key_id: Mapped[str] = mapped_column(String(36))
+    endpoint: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    upstream_model: Mapped[str | None] = mapped_column(String(200))
+    deployment: Mapped[str | None] = mapped_column(String(64))
+    region: Mapped[str | None] = mapped_column(String(64))
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    token_source: Mapped[str] = mapped_column(String(16))
+    cost_micros: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    unpriced: Mapped[bool] = mapped_column(Boolean, default=False)
+    price_version_id: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer)
+    residency: Mapped[str] = mapped_column(String(64))
+    jurisdictions: Mapped[str] = mapped_column(String(200))
+    route: Mapped[dict[str, Any]] = mapped_column(JSON)
+    upstream_id: Mapped[str | None] = mapped_column(String(200))
+    gateway_latency_ms: Mapped[int] = mapped_column(Integer)
+    upstream_latency_ms: Mapped[int | None] = mapped_column(Integer)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+
+
+class UsageDaily(Base):
+    """The rollup finance dashboards read: tenant x model x deployment x UTC day."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    deployment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_micros: Mapped[int] = mapped_column(BigInteger)
+    unpriced_requests: Mapped[int] = mapped_column(BigInteger)
+
+
+class Budget(Base):
+    """A tenant's spending cap per period, in one currency.
+
+    `hard`: admission refuses what could cross it; soft: served, alerts at `thresholds_pct`.
+    `shrink_max_tokens`: a hard budget may lower `max_tokens` to what is left instead of
+    refusing, when at least `min_output_tokens` still fit.
+    """
+
+    __tablename__ = "budgets"
+    __table_args__ = (
+        CheckConstraint(_in_list("period", BUDGET_PERIODS), name="period"),
+        CheckConstraint("amount_micros >= 0", name="amount_non_negative"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    period: Mapped[str] = mapped_column(String(16), default="month")
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    hard: Mapped[bool] = mapped_column(Boolean, default=True)
+    shrink_max_tokens: Mapped[bool] = mapped_column(Boolean, default=False)
+    min_output_tokens: Mapped[int] = mapped_column(Integer, default=16)
+    thresholds_pct: Mapped[list[int]] = mapped_column(JSON)
+    updated_at: Mapped[datetime]
+
+
+class BudgetAlert(Base):
+    """A threshold a tenant's spend crossed in a period (written once per threshold)."""
+
+    __tablename__ = "budget_alerts"
+
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    period_start: Mapped[date] = mapped_column(Date, primary_key=True)
+    threshold_pct: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spend_micros: Mapped[int] = mapped_column(BigInteger)
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
 
 
 metadata = Base.metadata

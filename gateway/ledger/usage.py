@@ -46,15 +46,21 @@ def from_usage(usage: Mapping[str, Any] | None) -> UsedTokens | None:
     return UsedTokens(prompt, completion, "provider")
 
 
-def from_body(body: bytes) -> UsedTokens | None:
-    """The `usage` of a whole JSON response body."""
-    if b'"usage"' not in body:
-        return None
+def from_body(body: bytes) -> tuple[UsedTokens | None, str | None]:
+    """The `usage` and the upstream's own `id` of a whole JSON response body."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    return from_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    upstream_id = parsed.get("id")
+    return from_usage(parsed.get("usage")), upstream_id if isinstance(upstream_id, str) else None
+
+
+def estimated(prompt_tokens: int) -> UsedTokens:
+    """No usage was reported and nothing was metered: the counted prompt, marked estimated."""
+    return UsedTokens(prompt_tokens, 0, "estimated")
 
 
 def metered(prompt_tokens: int, content_events: int) -> UsedTokens:

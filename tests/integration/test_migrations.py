@@ -19,7 +19,16 @@ from gateway.db import migrate
 from gateway.db.tables import metadata
 from tests.services import PostgresServer
 
-OUR_TABLES = {"tenants", "api_keys", "limits"}
+OUR_TABLES = {
+    "tenants",
+    "api_keys",
+    "limits",
+    "prices",
+    "usage_events",
+    "usage_daily",
+    "budgets",
+    "budget_alerts",
+}
 
 
 @pytest.fixture

@@ -1,0 +1,115 @@
+"""`Ledger`: turns what the proxy learned about one call into a priced `UsageRecord` and hands
+it to the journal, off the request path.
+
+The proxy fills a `CallFacts` as the call goes (route, statuses, timings) and calls
+`Ledger.record` exactly once per admitted request, whatever happened: upstream error, broken
+stream, client gone. Pricing uses the catalog's in-memory book at the request's start time.
+
+Failure mode: the append runs as a background task (shutdown waits for it); a journal that
+fails spools to a local file (`spool.SpoolingJournal`). An unpriced model is recorded with
+`unpriced = true` and NULL cost, and counted in `unpriced`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gateway.clock import Clock
+from gateway.ledger.journal import Journal, MemoryJournal
+from gateway.ledger.pricing import PriceCatalog, cost_micros
+from gateway.ledger.record import UsageRecord
+from gateway.ledger.usage import UsedTokens
+from gateway.routing.trace import RouteTrace
+from gateway.tasks import BackgroundTasks
+
+log = logging.getLogger("gateway.ledger")
+
+
+@dataclass(slots=True)
+class CallFacts:
+    """What the proxy knows about one call, filled in as it happens."""
+
+    request_id: str
+    tenant_id: str
+    key_id: str
+    endpoint: str
+    model: str
+    started_at_s: float  # wall clock
+    started_mono_s: float
+    stream: bool = False
+    upstream_model: str | None = None
+    deployment: str | None = None
+    region: str | None = None
+    status: int = 0
+    error_code: str | None = None
+    upstream_latency_s: float | None = None
+    first_chunk_mono_s: float | None = None
+    upstream_id: str | None = None
+
+
+class Ledger:
+    """Prices and journals one record per admitted request."""
+
+    def __init__(
+        self, journal: Journal, catalog: PriceCatalog, tasks: BackgroundTasks, clock: Clock
+    ) -> None:
+        self.journal = journal
+        self.catalog = catalog
+        self.tasks = tasks
+        self.clock = clock
+        self.recorded = 0
+        self.unpriced = 0
+
+    def record(self, facts: CallFacts, trace: RouteTrace, used: UsedTokens) -> UsageRecord:
+        """Build, price and journal the record of a finished call."""
+        now_mono = self.clock.monotonic_s()
+        price = self.catalog.book.price_at(facts.model, facts.deployment, facts.started_at_s)
+        cost = cost_micros(price, used.prompt_tokens, used.completion_tokens) if price else None
+        if price is None and used.total:
+            self.unpriced += 1
+        record = UsageRecord(
+            request_id=facts.request_id,
+            tenant_id=facts.tenant_id,
+            key_id=facts.key_id,
+            endpoint=facts.endpoint,
+            model=facts.model,
+            upstream_model=facts.upstream_model,
+            deployment=facts.deployment,
+            region=facts.region,
+            stream=facts.stream,
+            status=facts.status,
+            error_code=facts.error_code,
+            prompt_tokens=used.prompt_tokens,
+            completion_tokens=used.completion_tokens,
+            token_source=used.source,
+            cost_micros=cost,
+            currency=price.currency if price else None,
+            unpriced=price is None,
+            price_version_id=price.version_id if price else None,
+            attempts=len(trace.attempts),
+            residency=trace.policy,
+            jurisdictions=",".join(trace.jurisdictions),
+            route=trace.as_record(),
+            upstream_id=facts.upstream_id,
+            gateway_latency_ms=_ms(now_mono - facts.started_mono_s),
+            upstream_latency_ms=_ms(facts.upstream_latency_s),
+            ttft_ms=_ms(
+                None
+                if facts.first_chunk_mono_s is None
+                else facts.first_chunk_mono_s - facts.started_mono_s
+            ),
+            started_at_ms=int(facts.started_at_s * 1000),
+            finished_at_ms=int(self.clock.now_s() * 1000),
+        )
+        self.recorded += 1
+        payload = record.encode()
+        if isinstance(self.journal, MemoryJournal):
+            self.journal.append_nowait(payload)  # cannot fail: no task needed
+        else:
+            self.tasks.spawn(self.journal.append(payload), name="ledger.append")
+        return record
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else max(0, round(seconds * 1000))

@@ -1,0 +1,66 @@
+"""The usage record: one per admitted request, what the ledger stores as a `usage_events` row.
+
+Built on the request path from what the gateway already knows (tenant, model, route, tokens,
+timings), priced in process, serialised once with orjson, and handed to the journal. Field names
+are the `usage_events` column names: the writer inserts a decoded record as a row unchanged
+(timestamps travel as epoch milliseconds and become UTC datetimes there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """A request's usage, cost, route and outcome."""
+
+    request_id: str
+    tenant_id: str
+    key_id: str
+    endpoint: str
+    model: str
+    upstream_model: str | None
+    deployment: str | None
+    region: str | None
+    stream: bool
+    status: int
+    error_code: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    token_source: str
+    cost_micros: int | None
+    currency: str | None
+    unpriced: bool
+    price_version_id: int | None
+    attempts: int
+    residency: str
+    jurisdictions: str
+    route: dict[str, Any]
+    upstream_id: str | None
+    gateway_latency_ms: int
+    upstream_latency_ms: int | None
+    ttft_ms: int | None
+    started_at_ms: int
+    finished_at_ms: int
+
+    def encode(self) -> bytes:
+        """Compact JSON, the journal's payload."""
+        return orjson.dumps(asdict(self))
+
+
+_FIELDS = frozenset(f.name for f in fields(UsageRecord))
+
+
+def decode(payload: bytes) -> UsageRecord:
+    """A record from a journal payload; raises ValueError when it is not one."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or set(data) != _FIELDS:
+        raise ValueError("not a usage record (fields differ)")
+    return UsageRecord(**data)

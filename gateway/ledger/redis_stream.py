@@ -1,0 +1,131 @@
+"""`RedisStreamJournal`: usage records in a Redis Stream, consumed by a group of ledger writers.
+
+Appends are one XADD. Writers form the consumer group `ledger`; each reads its own pending
+entries first (a batch it failed to commit), then reclaims entries another writer has held for
+longer than `reclaim_idle_s` (XAUTOCLAIM: that writer is presumed dead), then new ones
+(XREADGROUP >). An entry is XACKed and XDELeted only after its batch committed, so the stream
+holds exactly the records not yet in the database.
+
+Failure mode: Redis errors become `JournalUnavailable`; the request path's `SpoolingJournal`
+spools the record to a local file instead, and writers retry later.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ResponseError
+
+from gateway.ledger.journal import Entry
+
+GROUP = "ledger"
+FIELD = b"r"
+
+
+class JournalUnavailable(Exception):
+    """The journal's store did not take or give records."""
+
+
+def stream_key(key_prefix: str) -> str:
+    """The usage stream's key (a contract with running writers)."""
+    return f"{key_prefix}usage:v1"
+
+
+class RedisStreamJournal:
+    """Append to, and consume as one writer of the group, the usage stream."""
+
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        *,
+        key_prefix: str,
+        consumer: str | None = None,
+        reclaim_idle_s: float = 30.0,
+    ) -> None:
+        self._redis = redis
+        self.key = stream_key(key_prefix)
+        self.consumer = consumer or f"{socket.gethostname()}-{id(self):x}"
+        self._reclaim_idle_ms = int(reclaim_idle_s * 1000)
+        self._group_ready = False
+
+    async def append(self, payload: bytes) -> None:
+        try:
+            await self._redis.xadd(self.key, {FIELD: payload})
+        except Exception as exc:  # any client failure means "not stored": spool it
+            raise JournalUnavailable(f"XADD failed: {type(exc).__name__}") from exc
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._redis.xgroup_create(self.key, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def read(self, max_count: int, block_s: float) -> list[Entry]:
+        try:
+            await self._ensure_group()
+            own = await self._redis.xreadgroup(
+                GROUP, self.consumer, {self.key: "0"}, count=max_count
+            )
+            entries = _entries(own)
+            if entries:
+                return entries
+            claimed = await self._redis.xautoclaim(
+                self.key, GROUP, self.consumer, self._reclaim_idle_ms, "0-0", count=max_count
+            )
+            entries = _claimed(claimed)
+            if entries:
+                return entries
+            fresh = await self._redis.xreadgroup(
+                GROUP,
+                self.consumer,
+                {self.key: ">"},
+                count=max_count,
+                block=max(1, int(block_s * 1000)),
+            )
+            return _entries(fresh)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream was deleted (Redis restarted empty)
+                self._group_ready = False
+            raise JournalUnavailable(f"read failed: {exc}") from exc
+        except Exception as exc:
+            raise JournalUnavailable(f"read failed: {type(exc).__name__}") from exc
+
+    async def ack(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xack(self.key, GROUP, *ids)
+            pipe.xdel(self.key, *ids)
+            await pipe.execute()
+        except Exception as exc:
+            raise JournalUnavailable(f"ack failed: {type(exc).__name__}") from exc
+
+    async def backlog(self) -> int:
+        """Entries in the stream: appended and not yet committed by a writer."""
+        return int(await self._redis.xlen(self.key))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(reply: object) -> list[Entry]:
+    """XREADGROUP's reply, `[[stream, [(id, fields), ...]]]`, as (id, payload) pairs. An entry
+    deleted while pending comes back with no fields: it gets an empty payload, which the
+    writer treats as unreadable and acks."""
+    if not reply:
+        return []
+    return [(_text(i), (v or {}).get(FIELD, b"")) for _, messages in reply for i, v in messages]  # type: ignore[union-attr]
+
+
+def _claimed(reply: object) -> list[Entry]:
+    """XAUTOCLAIM's reply: `[next, [(id, fields), ...], deleted ids]`."""
+    if not reply:
+        return []
+    return [(_text(i), (v or {}).get(FIELD, b"")) for i, v in reply[1]]  # type: ignore[index]
