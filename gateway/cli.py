@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, GatewayConfig, SimulatorConfig, load_config
 from gateway.errors import GatewayError
+from gateway.ledger.commands import run_ledger_writer, run_reconcile
 from gateway.settings import Settings, export_for_workers
 
 if TYPE_CHECKING:
@@ -367,6 +368,12 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--config", type=Path, help="routing file (YAML)")
 
     commands.add_parser("migrate", help="upgrade the database schema to the newest version")
+    ledger = commands.add_parser("ledger", help="run a ledger writer (production mode)")
+    ledger.add_argument("--config", type=Path, help="routing file (YAML): its list prices")
+    reconcile = commands.add_parser(
+        "reconcile", help="served requests per hour vs ledger rows; exit 1 if any are missing"
+    )
+    reconcile.add_argument("--hours", type=int, default=24, help="how far back (default 24)")
 
     tenants = commands.add_parser("tenants", help="manage tenants").add_subparsers(
         dest="action", required=True
@@ -469,6 +476,13 @@ def _dispatch(args: argparse.Namespace) -> None:
         demo(settings, _load(settings))
     elif args.command == "migrate":
         migrate(settings)
+    elif args.command == "ledger":
+        asyncio.run(run_ledger_writer(settings, _load(settings)))
+    elif args.command == "reconcile":
+        lines, complete = asyncio.run(run_reconcile(settings, args.hours))
+        print("\n".join(lines))
+        if not complete:
+            raise SystemExit(1)
     elif args.command == "tenants":
         models = [m.strip() for m in args.models.split(",")] if args.models else None
         creation = _create_tenant(

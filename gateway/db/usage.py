@@ -120,3 +120,17 @@ async def spend_micros(
         )
     )
     return int(total or 0)
+
+
+async def rows_per_hour(session: AsyncSession, since: datetime, until: datetime) -> dict[str, int]:
+    """Ledger rows per UTC hour (`YYYYMMDDHH`) of `started_at`, over [since, until)."""
+    if session.bind.dialect.name == "postgresql":
+        hour = func.to_char(func.timezone("UTC", UsageEvent.started_at), "YYYYMMDDHH24")
+    else:
+        hour = func.strftime("%Y%m%d%H", UsageEvent.started_at)
+    result = await session.execute(
+        select(hour, func.count())
+        .where(UsageEvent.started_at >= since, UsageEvent.started_at < until)
+        .group_by(hour)
+    )
+    return {str(h): int(n) for h, n in result.all()}

@@ -21,8 +21,9 @@ Entry = tuple[str, bytes]  # (entry id, payload)
 class Journal(Protocol):
     """Where the request path appends usage records."""
 
-    async def append(self, payload: bytes) -> None:
-        """Store one record durably (or raise)."""
+    async def append(self, payload: bytes, hour: str) -> None:
+        """Store one record durably (or raise), and count it as served in `hour`
+        (`YYYYMMDDHH`, UTC, of the request's start) for reconciliation."""
         ...
 
 
@@ -47,15 +48,17 @@ class MemoryJournal:
         self._pending: dict[str, bytes] = {}
         self._arrived = asyncio.Event()
         self._next_id = 0
+        self.served: dict[str, int] = {}  # hour -> records appended (since this process started)
 
     def __len__(self) -> int:
         return len(self._queue) + len(self._pending)
 
-    async def append(self, payload: bytes) -> None:
-        self.append_nowait(payload)
+    async def append(self, payload: bytes, hour: str) -> None:
+        self.append_nowait(payload, hour)
 
-    def append_nowait(self, payload: bytes) -> None:
+    def append_nowait(self, payload: bytes, hour: str) -> None:
         """`append` without a suspension point (the memory journal cannot fail)."""
+        self.served[hour] = self.served.get(hour, 0) + 1
         self._next_id += 1
         self._queue.append((str(self._next_id), payload))
         self._arrived.set()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from gateway.clock import Clock
 from gateway.ledger.journal import Journal, MemoryJournal
 from gateway.ledger.pricing import PriceCatalog, cost_micros
-from gateway.ledger.record import UsageRecord
+from gateway.ledger.record import UsageRecord, hour_of
 from gateway.ledger.usage import UsedTokens
 from gateway.routing.trace import RouteTrace
 from gateway.tasks import BackgroundTasks
@@ -104,10 +104,11 @@ class Ledger:
         )
         self.recorded += 1
         payload = record.encode()
+        hour = hour_of(record.started_at_ms)
         if isinstance(self.journal, MemoryJournal):
-            self.journal.append_nowait(payload)  # cannot fail: no task needed
+            self.journal.append_nowait(payload, hour)  # cannot fail: no task needed
         else:
-            self.tasks.spawn(self.journal.append(payload), name="ledger.append")
+            self.tasks.spawn(self.journal.append(payload, hour), name="ledger.append")
         return record
 
 

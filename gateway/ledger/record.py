@@ -9,6 +9,7 @@ are the `usage_events` column names: the writer inserts a decoded record as a ro
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -64,3 +65,16 @@ def decode(payload: bytes) -> UsageRecord:
     if not isinstance(data, dict) or set(data) != _FIELDS:
         raise ValueError("not a usage record (fields differ)")
     return UsageRecord(**data)
+
+
+def hour_of(epoch_ms: int) -> str:
+    """`YYYYMMDDHH` (UTC): the reconciliation bucket of a request started at `epoch_ms`."""
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).strftime("%Y%m%d%H")
+
+
+def record_hour(payload: bytes) -> str:
+    """The reconciliation hour of an encoded record (an unreadable one counts as "unknown")."""
+    try:
+        return hour_of(int(orjson.loads(payload)["started_at_ms"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return "unknown"

@@ -28,8 +28,14 @@ class JournalUnavailable(Exception):
 
 
 def stream_key(key_prefix: str) -> str:
-    """The usage stream's key (a contract with running writers)."""
-    return f"{key_prefix}usage:v1"
+    """The usage stream's key (a contract with running writers). The `{usage}` hash tag puts
+    it in the same Cluster slot as the served counter, so one pipeline reaches one node."""
+    return f"{key_prefix}{{usage}}:stream:v1"
+
+
+def served_key(key_prefix: str) -> str:
+    """Hash of hour (`YYYYMMDDHH`) -> records appended: what reconciliation counts."""
+    return f"{key_prefix}{{usage}}:served:v1"
 
 
 class RedisStreamJournal:
@@ -45,15 +51,32 @@ class RedisStreamJournal:
     ) -> None:
         self._redis = redis
         self.key = stream_key(key_prefix)
+        self.served_key = served_key(key_prefix)
         self.consumer = consumer or f"{socket.gethostname()}-{id(self):x}"
         self._reclaim_idle_ms = int(reclaim_idle_s * 1000)
         self._group_ready = False
 
-    async def append(self, payload: bytes) -> None:
+    async def append(self, payload: bytes, hour: str) -> None:
+        """XADD the record and count it, in one round trip (a pipeline, not a transaction:
+        a crash between the two can only leave the count one short, which reconciliation
+        would report rather than hide)."""
         try:
-            await self._redis.xadd(self.key, {FIELD: payload})
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xadd(self.key, {FIELD: payload})
+            pipe.hincrby(self.served_key, hour, 1)
+            await pipe.execute()
         except Exception as exc:  # any client failure means "not stored": spool it
             raise JournalUnavailable(f"XADD failed: {type(exc).__name__}") from exc
+
+    async def served(self) -> dict[str, int]:
+        """Hour -> records appended, as counted at append time."""
+        raw = await self._redis.hgetall(self.served_key)
+        return {_text(hour): int(count) for hour, count in raw.items()}
+
+    async def pending_payloads(self, max_count: int = 10_000) -> list[bytes]:
+        """Records in the stream not yet committed by a writer (for reconciliation)."""
+        entries = await self._redis.xrange(self.key, count=max_count)
+        return [(fields or {}).get(FIELD, b"") for _, fields in entries]
 
     async def _ensure_group(self) -> None:
         if self._group_ready:

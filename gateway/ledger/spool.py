@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from gateway.ledger.journal import Journal
+from gateway.ledger.record import record_hour
 from gateway.ledger.redis_stream import JournalUnavailable
 
 log = logging.getLogger("gateway.ledger")
@@ -87,7 +88,7 @@ class FileSpool:
             done = 0
             try:
                 for line in lines:
-                    await journal.append(line)
+                    await journal.append(line, record_hour(line))
                     done += 1
             except (JournalUnavailable, TimeoutError, OSError):
                 rest = self.directory / f"{path.stem}-rest{done}.jsonl"
@@ -110,10 +111,10 @@ class SpoolingJournal:
         self.spool = spool
         self._timeout_s = timeout_s
 
-    async def append(self, payload: bytes) -> None:
+    async def append(self, payload: bytes, hour: str) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self.primary.append(payload)
+                await self.primary.append(payload, hour)
         except (JournalUnavailable, TimeoutError, OSError):
             self.spool.append(payload)
 
