@@ -12,9 +12,11 @@ Each key expires once it would have refilled completely (plus a margin), so idle
 nothing; a missing bucket reads as full, so expiry changes no answer.
 
 Failure mode: every socket operation has a short timeout (`timeout_s` for connect, each write
-and each read; no retries: redis-py's defaults would hold a request for seconds); any Redis
-error or timeout becomes `LimiterUnavailable` (503) in `_unavailable_on_error`; `failover.FailoverLimiter` decides what that means for
-admission.
+and each read; a timeout is never retried: redis-py's defaults would hold a request for
+seconds); a standalone client retries a broken connection once, at once, on a new one (after
+a Redis restart every idle pooled connection is dead, and redis-py 8 hands them out unchecked);
+any Redis error or timeout becomes `LimiterUnavailable` (503) in `_unavailable_on_error`;
+`failover.FailoverLimiter` decides what that means for admission.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from importlib import resources
 from uuid import uuid4
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.errors import LimiterUnavailable
 from gateway.limits.limiter import (
@@ -94,7 +97,9 @@ class RedisLimiter:
         cluster: bool = False,
         max_connections: int = 512,
     ) -> RedisLimiter:
-        """A limiter on its own client with short timeouts and no retries."""
+        """A limiter on its own client with short timeouts and no retry on a timeout."""
+        # The asyncio Retry: redis.retry.Retry, given to an asyncio client, returns the
+        # coroutine from its loop unawaited, so no failure ever reaches it (nor its retries).
         options = {
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
@@ -105,7 +110,11 @@ class RedisLimiter:
         if cluster:
             client = RedisCluster.from_url(url, **options)
         else:
-            client = Redis.from_url(url, **options)
+            # A pooled connection Redis closed (restart, CLIENT KILL, idle cut) fails on first
+            # use: retry once on a new connection, else each one costs a 503 or a breaker trip
+            # after Redis is back. Not for the Cluster client, whose retries cover timeouts too.
+            retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+            client = Redis.from_url(url, **{**options, "retry": retry})
         return cls(client, key_prefix=key_prefix, owns_client=True)
 
     @property

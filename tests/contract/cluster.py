@@ -4,12 +4,14 @@ Started from /usr/bin/redis-server on free loopback ports in a temp dir, and sto
 dir removed) on exit. The Cluster is formed with `redis-cli --cluster create` when redis-cli
 exists, else by hand (CLUSTER ADDSLOTSRANGE + CLUSTER MEET), and is ready when every node
 reports `cluster_state:ok`. A private standalone server lets a test run `SCRIPT FLUSH`
-without disturbing anyone else's Redis.
+without disturbing anyone else's Redis; a `RestartableRedis` can also be stopped, frozen and
+started again on the same port, for outage tests.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -68,8 +70,8 @@ def _wait(predicate: object, timeout_s: float, what: str) -> None:
 
 
 @contextmanager
-def _server(workdir: Path, port: int, **options: str) -> Iterator[None]:
-    """One redis-server process on 127.0.0.1:port, stopped on exit."""
+def _server(workdir: Path, port: int, **options: str) -> Iterator[subprocess.Popen]:
+    """One redis-server process on 127.0.0.1:port (yielded), stopped on exit."""
     settings = {
         "port": str(port),
         "bind": "127.0.0.1",
@@ -89,8 +91,9 @@ def _server(workdir: Path, port: int, **options: str) -> Iterator[None]:
             _wait(client.ping, 10, f"redis-server on :{port}")
         finally:
             client.close()
-        yield
+        yield proc
     finally:
+        proc.send_signal(signal.SIGCONT)  # a frozen server could not act on SIGTERM
         proc.terminate()
         try:
             proc.wait(timeout=5)
@@ -108,6 +111,71 @@ def standalone_redis() -> Iterator[str]:
         with _server(workdir, port):
             yield f"redis://127.0.0.1:{port}/0"
     finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class RestartableRedis:
+    """A private redis-server that a test stops, freezes and starts again on one port.
+
+    Started again, it is empty, like a real restart without persistence: keys and the script
+    cache are gone.
+    """
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.port = port
+        self._workdir = workdir
+        self._running: ExitStack | None = None
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._running is not None
+
+    def start(self) -> None:
+        """Start the server (empty) and return once it answers PING."""
+        if self._running is not None:
+            raise RuntimeError("already running")
+        stack = ExitStack()
+        self._proc = stack.enter_context(_server(self._workdir, self.port))
+        self._running = stack
+
+    def stop(self) -> None:
+        """SIGTERM the server and return once the process is gone."""
+        if self._running is not None:
+            running, self._running, self._proc = self._running, None, None
+            running.close()
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the server for the block: it accepts connections but never answers."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("not running")
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            proc.send_signal(signal.SIGCONT)
+
+    def client(self, timeout_s: float = 2.0) -> redis_sync.Redis:
+        """A new synchronous client of this server."""
+        return redis_sync.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout_s)
+
+
+@contextmanager
+def restartable_redis() -> Iterator[RestartableRedis]:
+    """A running `RestartableRedis`, stopped and its dir removed on exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="gw-redis-restartable-"))
+    server = RestartableRedis(workdir, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
