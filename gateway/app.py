@@ -63,11 +63,15 @@ def create_app(
         )
         tasks = BackgroundTasks()
         limiter, redis_limiter = make_limiter(settings, clock)
-        admitter = Admitter(
-            limiter, default_output_tokens=settings.default_output_tokens, tasks=tasks
-        )
         pipeline = LedgerPipeline(settings, config, make_sessionmaker(engine), clock)
-        await pipeline.start()
+        await pipeline.start(limiter)
+        admitter = Admitter(
+            limiter,
+            default_output_tokens=settings.default_output_tokens,
+            tasks=tasks,
+            prices=pipeline.catalog,
+            clock=clock,
+        )
         ledger = Ledger(pipeline.journal, pipeline.catalog, tasks, clock)
         gateway = Gateway.build(
             settings,

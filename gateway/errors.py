@@ -154,12 +154,15 @@ class RateLimited(ClientError):
 
 
 class BudgetExhausted(ClientError):
+    """A hard budget would be crossed: waiting does not help, so clients must not retry."""
+
     status = 429
     type = "insufficient_quota"
     code = "insufficient_quota"
+    extra_headers: dict[str, str] | None = None  # the budget's state, when known
 
     def headers(self) -> dict[str, str]:
-        return {"x-should-retry": "false"}
+        return {**(self.extra_headers or {}), "x-should-retry": "false"}
 
 
 class UpstreamError(GatewayError):

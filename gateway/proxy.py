@@ -82,7 +82,7 @@ async def forward(
     plan = gw.routing.plan(principal, model, endpoint, principal.residency.narrowed(residency))
     admitter = gw.admitter
     ticket = await admitter.admit(
-        principal, endpoint, plan.model, payload, plan.first.upstream_model
+        principal, endpoint, plan.model, payload, plan.first.upstream_model, plan.eligible
     )
     facts = CallFacts(
         request_id,
@@ -175,10 +175,13 @@ class _Finish:
         if self._done:
             return
         self._done = True
-        self.gw.admitter.settle(self.ticket, None if reservation_stands else used)
-        if used is None:
-            used = usage.estimated(self.prompt_tokens())
-        self.gw.ledger.record(self.facts, self.trace, used)
+        record = self.gw.ledger.record(
+            self.facts, self.trace, used or usage.estimated(self.prompt_tokens())
+        )
+        if reservation_stands:
+            self.gw.admitter.settle(self.ticket, None)
+        else:
+            self.gw.admitter.settle(self.ticket, used, record.cost_micros)
 
     def failed(self, exc: BaseException, *, reservation_stands: bool = False) -> None:
         """The call ended in an error before a whole answer was relayed."""

@@ -1,7 +1,7 @@
 """Who is calling: `Authorization: Bearer <key>` → `Principal` (the tenant snapshot for a request).
 
 This is the first step of the hot path, so the database is read at most once per key per
-`ttl_s` (a miss runs two queries: the key with its tenant, then an accepted tenant's limits):
+`ttl_s` (a miss runs three queries: the key with its tenant, then an accepted tenant's limits and budget):
 results, including failures (unknown, revoked, suspended), are cached in process by key hash,
 and concurrent misses on one key share one lookup. Malformed keys are rejected by
 their shape and checksum before any lookup. A cache hit costs a parse, a shape check, an HMAC
@@ -26,11 +26,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.auth.keys import has_key_shape, hash_key, is_well_formed, parse_bearer
 from gateway.clock import Clock
+from gateway.db.budgets import load_budget
 from gateway.db.engine import translate_db_errors
 from gateway.db.keys import find_key_by_hash
 from gateway.db.limits import load_tenant_limits
 from gateway.db.tables import ApiKey, Tenant
 from gateway.errors import Unauthenticated
+from gateway.limits.budget import BudgetPolicy
 from gateway.limits.policy import UNLIMITED, TenantLimits
 from gateway.routing.residency import ResidencyPolicy
 
@@ -57,6 +59,7 @@ class Principal:
     allowed_models: frozenset[str] | None
     limits: TenantLimits = UNLIMITED
     default_output_tokens: int | None = None  # None: the routing file's default applies
+    budget: BudgetPolicy | None = None
 
 
 class _Entry:
@@ -183,10 +186,13 @@ async def _read_entry(session: AsyncSession, key_hash: str) -> _Entry:
     if tenant.status != "active":
         return _Entry(None, SUSPENDED_TENANT)
     # Only accepted keys pay for the second query; refusals are cached without it.
-    return _accepted(key, tenant, await load_tenant_limits(session, tenant.id))
+    limits = await load_tenant_limits(session, tenant.id)
+    return _accepted(key, tenant, limits, await load_budget(session, tenant.id))
 
 
-def _accepted(key: ApiKey, tenant: Tenant, limits: TenantLimits) -> _Entry:
+def _accepted(
+    key: ApiKey, tenant: Tenant, limits: TenantLimits, budget: BudgetPolicy | None
+) -> _Entry:
     allowed = tenant.allowed_models
     principal = Principal(
         tenant_id=tenant.id,
@@ -196,6 +202,7 @@ def _accepted(key: ApiKey, tenant: Tenant, limits: TenantLimits) -> _Entry:
         allowed_models=None if allowed is None else frozenset(allowed),
         limits=limits,
         default_output_tokens=tenant.default_output_tokens,
+        budget=budget,
     )
     expires_s = None if key.expires_at is None else key.expires_at.timestamp()
     return _Entry(principal, key_expires_at_s=expires_s)

@@ -20,18 +20,21 @@ import socket
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.db.prices import load_price_book, seed_prices
+from gateway.ledger.budget_watch import BudgetWatcher
 from gateway.ledger.journal import Journal, JournalReader, MemoryJournal
 from gateway.ledger.pricing import PriceCatalog
 from gateway.ledger.redis_stream import RedisStreamJournal
 from gateway.ledger.spool import FileSpool, SpoolingJournal
 from gateway.ledger.writer import LedgerWriter
+from gateway.limits.limiter import Limiter
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.ledger")
@@ -42,14 +45,13 @@ WRITER_BLOCK_S = 1.0
 def redis_client(settings: Settings, *, timeout_s: float) -> Redis | RedisCluster:
     """A Redis client for the ledger with its own timeouts (no retries: callers decide)."""
     assert settings.redis_url is not None
-    options = {
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "retry": Retry(NoBackoff(), 0),
-    }
+    options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **options)
-    return Redis.from_url(settings.redis_url, **options)
+        return RedisCluster.from_url(settings.redis_url, **options, retry=Retry(NoBackoff(), 0))
+    # Retry a pooled connection Redis closed (restart) once, at once; never a timeout. (The
+    # asyncio Retry: the sync one never sees an asyncio client's failures.)
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    return Redis.from_url(settings.redis_url, **options, retry=retry)
 
 
 class LedgerPipeline:
@@ -73,6 +75,7 @@ class LedgerPipeline:
         self._clients: list[Redis | RedisCluster] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.memory: MemoryJournal | None = None
+        self.budget_watcher: BudgetWatcher | None = None
         reader: JournalReader
         if settings.redis_url is None:
             self.memory = MemoryJournal()
@@ -102,8 +105,9 @@ class LedgerPipeline:
             else None
         )
 
-    async def start(self) -> None:
-        """Seed and load prices, replay a leftover spool, start the background tasks."""
+    async def start(self, limiter: Limiter | None = None) -> None:
+        """Seed and load prices, replay a leftover spool, start the background tasks (with
+        the budget watcher when this process writes the ledger and a limiter is given)."""
         async with self.sessions() as session, session.begin():
             added = await seed_prices(session, self.config.prices, datetime.now(UTC))
         if added:
@@ -116,6 +120,21 @@ class LedgerPipeline:
             self._spawn(self.journal.replay_forever(), "ledger.spool")
         if self.writer is not None:
             self._spawn(self.writer.run_forever(), "ledger.writer")
+            if limiter is not None:
+                self.budget_watcher = BudgetWatcher(
+                    self.sessions, limiter, self.clock, acquire=self._lead_budget_round
+                )
+                self._spawn(self.budget_watcher.run_forever(), "ledger.budgets")
+
+    async def _lead_budget_round(self) -> bool:
+        """Whether this process runs this round of budget checks (one process per round)."""
+        if not self._clients:
+            return True
+        key = f"{self.settings.redis_key_prefix}budget-watch:lock"
+        try:
+            return bool(await self._clients[0].set(key, b"1", nx=True, px=9_000))
+        except Exception:
+            return False
 
     def _spawn(self, coroutine: object, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))  # type: ignore[arg-type]

@@ -18,9 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth.principal import Principal
-from gateway.errors import RateLimited
+from gateway.clock import Clock, SystemClock
+from gateway.errors import BudgetExhausted, RateLimited
+from gateway.ledger.pricing import Price, PriceCatalog, worst_case_micros
 from gateway.ledger.usage import UsedTokens
-from gateway.limits.limiter import CONCURRENCY, BucketState, Decision, Limiter
+from gateway.limits.budget import (
+    BudgetPolicy,
+    affordable_output_tokens,
+    budget_bucket,
+    format_amount,
+    is_budget,
+    period_bounds,
+)
+from gateway.limits.limiter import CONCURRENCY, BucketState, Decision, Demand, Limiter
 from gateway.limits.policy import RPM, TPM, Admission, output_reservation, plan_admission
 from gateway.limits.tokens import count_prompt_tokens
 from gateway.tasks import BackgroundTasks
@@ -38,6 +48,7 @@ class Ticket:
     slot_id: str | None
     prompt_tokens: int
     headers: dict[str, str]
+    budget: Demand | None = None  # the budget bucket and the cost reserved on it
     settled: bool = False
 
 
@@ -45,11 +56,19 @@ class Admitter:
     """Reserve before the upstream call, settle after it."""
 
     def __init__(
-        self, limiter: Limiter, *, default_output_tokens: int, tasks: BackgroundTasks
+        self,
+        limiter: Limiter,
+        *,
+        default_output_tokens: int,
+        tasks: BackgroundTasks,
+        prices: PriceCatalog | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.limiter = limiter
         self.default_output_tokens = default_output_tokens
         self.tasks = tasks
+        self.prices = prices or PriceCatalog()
+        self.clock = clock or SystemClock()
 
     async def admit(
         self,
@@ -58,36 +77,86 @@ class Admitter:
         model: str,
         payload: dict[str, Any],
         upstream_model: str,
+        deployments: tuple[str, ...] = (),
     ) -> Ticket | None:
-        """Reserve for this request, or raise RateLimited; None when the tenant is unlimited."""
-        limits = principal.limits
-        if limits.unlimited:
+        """Reserve for this request, or raise RateLimited / BudgetExhausted; None when the
+        tenant has neither limits nor a budget. A hard budget with `shrink_max_tokens` may
+        lower `payload["max_tokens"]` to fit what is left."""
+        limits, budget = principal.limits, principal.budget
+        if limits.unlimited and budget is None:
             return None
         prompt_tokens = 0
-        reserved = 0
-        if limits.counts_tokens(model):
+        if limits.counts_tokens(model) or budget is not None:
             prompt_tokens = count_prompt_tokens(endpoint, payload, upstream_model)
-            reserved = prompt_tokens
+        now_s = self.clock.now_s()
+        price = self._budget_price(budget, model, deployments, now_s) if budget else None
+        for attempt in (1, 2):  # a second try only after lowering max_tokens to fit a budget
+            output = 0
             if endpoint is not Endpoint.EMBEDDINGS:
                 cap = payload.get("max_tokens", payload.get("max_completion_tokens"))
                 default = principal.default_output_tokens or self.default_output_tokens
-                reserved += output_reservation(cap, default)
-        admission = plan_admission(limits, model, reserved)
-        decision = await self.limiter.reserve(
-            principal.tenant_id, admission.demands, concurrency=admission.concurrency
-        )
-        headers = ratelimit_headers(decision.buckets)
-        if not decision.allowed:
-            raise _refusal(decision, reserved, headers)
-        slot = decision.reservation.slot_id if decision.reservation else None
-        return Ticket(principal.tenant_id, admission, slot, prompt_tokens, headers)
+                output = output_reservation(cap, default)
+            reserved = prompt_tokens + output if limits.counts_tokens(model) else 0
+            admission = plan_admission(limits, model, reserved)
+            spend: Demand | None = None
+            if budget is not None:
+                worst = worst_case_micros(price, prompt_tokens, output) if price else 0
+                spend = (budget_bucket(budget, now_s), worst if budget.hard else 0)
+            demands = admission.demands + ((spend,) if spend else ())
+            decision = await self.limiter.reserve(
+                principal.tenant_id, demands, concurrency=admission.concurrency
+            )
+            headers = ratelimit_headers(decision.buckets)
+            if budget is not None:
+                headers.update(budget_headers(decision.buckets, now_s))
+            if decision.allowed:
+                slot = decision.reservation.slot_id if decision.reservation else None
+                return Ticket(principal.tenant_id, admission, slot, prompt_tokens, headers, spend)
+            if not (budget is not None and decision.denied and is_budget(decision.denied)):
+                raise _refusal(decision, reserved, headers)
+            assert price is not None
+            assert spend is not None
+            left = _remaining(decision.buckets, spend[0].name)
+            fits = affordable_output_tokens(left, price, prompt_tokens)
+            shrinkable = budget.shrink_max_tokens and endpoint is not Endpoint.EMBEDDINGS
+            if attempt == 1 and shrinkable and budget.min_output_tokens <= fits < output:
+                payload.pop("max_completion_tokens", None)
+                payload["max_tokens"] = fits
+                continue
+            raise _over_budget(budget, left, spend[1], headers)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
-    def settle(self, ticket: Ticket | None, used: UsedTokens | None) -> None:
-        """Settle in the background: `used` None keeps the reservation as the charge."""
+    def _budget_price(
+        self, budget: BudgetPolicy, model: str, deployments: tuple[str, ...], now_s: float
+    ) -> Price | None:
+        """The dearest price among the deployments the request may reach (a worst case), or
+        None for a soft budget without one. A hard budget refuses what it cannot price."""
+        book = self.prices.book
+        found = [book.price_at(model, d, now_s) for d in deployments or ("",)]
+        priced = [p for p in found if p is not None and p.currency == budget.currency]
+        if budget.hard and (not priced or len(priced) != len(found)):
+            raise BudgetExhausted(
+                f"`{model}` has no {budget.currency} price on every deployment it may use, so "
+                "its cost cannot be held against your hard budget. Ask an admin to price it.",
+                param="model",
+            )
+        if not priced:
+            return None
+        return max(priced, key=lambda p: (p.output_micros_per_mtok, p.input_micros_per_mtok))
+
+    def settle(
+        self, ticket: Ticket | None, used: UsedTokens | None, cost_micros: int | None = None
+    ) -> None:
+        """Settle in the background: `used` None keeps the reservation as the charge;
+        `cost_micros` (the request's actual cost) corrects the budget's reservation."""
         if ticket is None or ticket.settled:
             return
         ticket.settled = True
         adjustments = ticket.admission.token_adjustments(used.total) if used is not None else ()
+        if ticket.budget is not None and used is not None and cost_micros is not None:
+            spec, reserved = ticket.budget
+            if cost_micros != reserved:
+                adjustments = (*adjustments, (spec, cost_micros - reserved))
         if not adjustments and ticket.slot_id is None:
             return
         self.tasks.spawn(
@@ -99,6 +168,35 @@ class Admitter:
             await self.limiter.settle(tenant_id, adjustments, release_slot=slot_id)
         except Exception as exc:  # logged once here: the reservation stands, nothing else breaks
             log.warning("settle failed for tenant %s: %s", tenant_id, type(exc).__name__)
+
+
+def _remaining(buckets: tuple[BucketState, ...], name: str) -> int:
+    return next((b.remaining for b in buckets if b.name == name), 0)
+
+
+def budget_headers(buckets: tuple[BucketState, ...], now_s: float) -> dict[str, str]:
+    """`x-budget-remaining` (in the budget's currency) and `x-budget-period-end` (ISO 8601)."""
+    state = next((b for b in buckets if is_budget(b.name)), None)
+    if state is None:
+        return {}
+    _, end = period_bounds(now_s)
+    return {
+        "x-budget-remaining": format_amount(state.remaining),
+        "x-budget-period-end": end.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _over_budget(
+    budget: BudgetPolicy, left_micros: int, needed_micros: int, headers: dict[str, str]
+) -> BudgetExhausted:
+    error = BudgetExhausted(
+        f"This request could cost up to {format_amount(needed_micros)} {budget.currency} but "
+        f"only {format_amount(left_micros)} {budget.currency} of your monthly budget is left "
+        f"(until {headers.get('x-budget-period-end', 'the end of the month')}). Lower "
+        "max_tokens, or ask an admin to raise the budget."
+    )
+    error.extra_headers = headers
+    return error
 
 
 def _refusal(decision: Decision, reserved: int, headers: dict[str, str]) -> RateLimited:

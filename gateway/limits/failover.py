@@ -38,7 +38,7 @@ def local_share(spec: BucketSpec, replicas: int) -> BucketSpec:
     return BucketSpec(
         spec.name,
         max(1, spec.capacity // replicas),
-        max(1, spec.refill_per_minute // replicas),
+        max(1, spec.refill_per_minute // replicas) if spec.refill_per_minute else 0,
     )
 
 

@@ -31,12 +31,16 @@ from typing import Protocol
 
 UNITS_PER_TOKEN = 60_000  # ms per minute: refill_per_minute tokens/min == that many units/ms
 CONCURRENCY = "concurrency"  # the bucket name a concurrency denial and state report
+NEVER_MS = 10**12  # "a bucket that does not refill will not have it": ~31 years
 CONCURRENCY_RETRY_CAP_MS = 1_000  # a full slot set frees at an unknown time: suggest a short wait
 
 
 @dataclass(frozen=True, slots=True)
 class BucketSpec:
-    """One token bucket: holds up to `capacity` tokens and refills `refill_per_minute`."""
+    """One token bucket: holds up to `capacity` tokens and refills `refill_per_minute`.
+
+    A bucket with `refill_per_minute = 0` never refills: a spending cap for a period (budgets
+    name the period in the bucket's name, so a new period is a new, full bucket)."""
 
     name: str
     capacity: int
@@ -45,8 +49,8 @@ class BucketSpec:
     def __post_init__(self) -> None:
         if not self.name or self.name == CONCURRENCY:
             raise ValueError(f"invalid bucket name {self.name!r}")
-        if self.capacity < 1 or self.refill_per_minute < 1:
-            raise ValueError(f"bucket {self.name!r} needs capacity >= 1 and refill >= 1")
+        if self.capacity < 1 or self.refill_per_minute < 0:
+            raise ValueError(f"bucket {self.name!r} needs capacity >= 1 and refill >= 0")
 
     @classmethod
     def per_minute(cls, name: str, per_minute: int, *, burst: int | None = None) -> BucketSpec:
@@ -160,7 +164,7 @@ def refill(units: int, ts_ms: int, spec: BucketSpec, now_ms: int) -> tuple[int, 
     if now_ms <= ts_ms:
         return units, ts_ms
     full = spec.capacity * UNITS_PER_TOKEN
-    if units < full:
+    if units < full and spec.refill_per_minute > 0:
         # Cap the elapsed time first so the product stays small (exact in Lua doubles too).
         elapsed_ms = min(now_ms - ts_ms, ceil_div(full - units, spec.refill_per_minute))
         units = min(full, units + elapsed_ms * spec.refill_per_minute)
@@ -168,9 +172,14 @@ def refill(units: int, ts_ms: int, spec: BucketSpec, now_ms: int) -> tuple[int, 
 
 
 def wait_ms(units: int, amount: int, spec: BucketSpec) -> int:
-    """Milliseconds until the bucket holds `amount` tokens (0 if it does now)."""
+    """Milliseconds until the bucket holds `amount` tokens (0 if it does now, or when nothing
+    is asked); `NEVER_MS` for a bucket that does not refill."""
     short = amount * UNITS_PER_TOKEN - units
-    return ceil_div(short, spec.refill_per_minute) if short > 0 else 0
+    if amount == 0 or short <= 0:
+        return 0
+    if spec.refill_per_minute == 0:
+        return NEVER_MS
+    return ceil_div(short, spec.refill_per_minute)
 
 
 def full_in_ms(units: int, spec: BucketSpec) -> int:

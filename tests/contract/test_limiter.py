@@ -27,7 +27,7 @@ from gateway.limits import (
     RedisLimiter,
     bucket_key,
 )
-from gateway.limits.limiter import Demand
+from gateway.limits.limiter import NEVER_MS, Demand
 from tests.contract.cluster import standalone_redis
 from tests.services import RedisServer
 
@@ -150,6 +150,27 @@ async def test_overrun_creates_debt_that_delays_later_requests(limiter: Limiter,
     assert state(denied, "tpm") == (0, 1500)  # remaining shows 0, reset counts the debt
     assert not (await take(limiter, tenant, [(TPM, 10)], T0 + 599)).allowed
     assert (await take(limiter, tenant, [(TPM, 10)], T0 + 600)).allowed
+
+
+BUDGET = BucketSpec("budget:2026-11", capacity=1_000, refill_per_minute=0)  # a spending cap
+
+
+async def test_a_bucket_without_refill_is_a_cap_for_good(limiter: Limiter, tenant: str):
+    assert (await take(limiter, tenant, [(BUDGET, 700)], T0)).allowed
+    await limiter.settle(tenant, [(BUDGET, -200)], now_ms=T0)  # cost less than reserved
+    assert state(await take(limiter, tenant, [(BUDGET, 500)], T0 + 3_600_000), BUDGET.name)[0] == 0
+    denied = await take(limiter, tenant, [(BUDGET, 1)], T0 + 30 * 86_400_000)
+    assert not denied.allowed and not denied.never_fits and denied.denied == BUDGET.name
+    assert denied.retry_after_ms == NEVER_MS  # time does not help
+    assert state(denied, BUDGET.name) == (0, NEVER_MS)
+
+
+async def test_a_zero_demand_always_fits_and_reports_state(limiter: Limiter, tenant: str):
+    assert (await take(limiter, tenant, [(BUDGET, 900)], T0)).allowed
+    await limiter.settle(tenant, [(BUDGET, 300)], now_ms=T0)  # overspent: 200 in debt
+    looked = await take(limiter, tenant, [(BUDGET, 0), (RPM, 1)], T0)
+    assert looked.allowed and state(looked, BUDGET.name)[0] == 0
+    assert not (await take(limiter, tenant, [(BUDGET, 1)], T0)).allowed
 
 
 async def test_remaining_and_reset(limiter: Limiter, tenant: str):

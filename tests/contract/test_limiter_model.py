@@ -47,6 +47,8 @@ class ModelBucket:
         return min(capacity, tokens + (now_ms - ts_ms) * self.per_ms), now_ms
 
     def wait_ms(self, tokens: Fraction, amount: int) -> int:
+        if amount == 0:  # asking for nothing never waits, even from a bucket in debt
+            return 0
         return max(0, math.ceil((amount - tokens) / self.per_ms))
 
     def view(self, tokens: Fraction) -> tuple[int, int]:

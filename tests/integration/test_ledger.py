@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -25,11 +26,13 @@ from gateway.app import create_app
 from gateway.auth.keys import display_prefix, generate_key, hash_key
 from gateway.config import parse_config
 from gateway.db import keys, tenants
+from gateway.db.budgets import set_budget
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.db.migrate import upgrade
 from gateway.db.prices import add_price
-from gateway.db.tables import UsageDaily, UsageEvent
+from gateway.db.tables import BudgetAlert, UsageDaily, UsageEvent
 from gateway.ledger.pricing import cost_micros
+from gateway.limits.budget import BudgetPolicy
 from gateway.settings import Settings
 from gateway.upstream.simulated import SimulatorOptions, create_simulator_app, parse_faults
 
@@ -270,3 +273,97 @@ def test_queued_records_survive_a_shutdown_with_the_database_gone(
         rows = stack.rows(count)
     assert {r.request_id for r in rows} == ids
     assert not [p for p in (tmp_path / "spool").iterdir() if p.stat().st_size]
+
+
+def _budget_stack(
+    tmp_path: Path, *, hard: bool, shrink: bool = False
+) -> tuple[TestClient, str, str]:
+    """A tenant with a 1.00 EUR monthly budget on a dear model (~0.1 EUR a request)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
+    upgrade(url)
+    tenant_id, key = asyncio.run(_seed(url))
+
+    async def budget() -> None:
+        engine = make_engine(Settings(database_url=url))
+        async with make_sessionmaker(engine)() as session, session.begin():
+            policy = BudgetPolicy(
+                amount_micros=1_000_000,
+                currency="EUR",
+                hard=hard,
+                shrink_max_tokens=shrink,
+                min_output_tokens=8,
+                thresholds_pct=(50, 80, 100),
+            )
+            await set_budget(session, tenant_id, policy, datetime.now(UTC))
+        await engine.dispose()
+
+    asyncio.run(budget())
+    config = _config(tmp_path)
+    # 1000 EUR per million tokens: a 20-token prompt + 64 output tokens is about 0.084 EUR.
+    config["prices"].append(
+        {"model": "mistral-large-latest", "currency": "EUR", "input_per_mtok": "1000", "output_per_mtok": "1000"}
+    )  # fmt: skip
+    config["deployments"][0]["models"]["mistral-large-latest"] = "mistral-large-latest"
+    settings = Settings(database_url=url, key_pepper=PEPPER.decode(), spool_dir=tmp_path / "sp")
+    simulator = create_simulator_app(SimulatorOptions(output_tokens=64))
+    app = create_app(settings, parse_config(config), transport=httpx.ASGITransport(app=simulator))
+    return TestClient(app), key, url
+
+
+def test_a_hard_budget_stops_the_tenant_before_it_is_crossed(tmp_path: Path) -> None:
+    client, key, url = _budget_stack(tmp_path, hard=True)
+    body = {"model": "mistral-large-latest", "messages": CHAT, "max_tokens": 64}
+    with client:
+        stack = Stack(client, key, None, url)
+        served, refused = [], None
+        for _ in range(30):
+            response = stack.post("/v1/chat/completions", body)
+            if response.status_code != 200:
+                refused = response
+                break
+            served.append(response)
+            client.portal.call(client.app.state.gateway.admitter.tasks.drain)  # type: ignore[attr-defined]
+        rows = stack.rows(len(served))
+    assert refused is not None, "the budget never stopped the tenant"
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert refused.headers["x-should-retry"] == "false"
+    assert "budget" in error["message"]
+    spent = sum(r.cost_micros for r in rows)
+    worst = max(r.cost_micros for r in rows)  # every request here has the same worst case
+    assert spent <= 1_000_000, "a hard budget is never crossed when usage stays within max_tokens"
+    assert 1_000_000 - spent < worst + 100_000  # refused only when the next one might not fit
+    remaining = Decimal(served[-1].headers["x-budget-remaining"])
+    assert remaining * 1_000_000 <= 1_000_000 - spent + worst  # worst case still reserved
+
+
+def test_a_hard_budget_can_shrink_max_tokens_to_fit(tmp_path: Path) -> None:
+    client, key, url = _budget_stack(tmp_path, hard=True, shrink=True)
+    with client:
+        stack = Stack(client, key, None, url)
+        big = {"model": "mistral-large-latest", "messages": CHAT, "max_tokens": 700}
+        response = stack.post("/v1/chat/completions", big)  # worst case 0.72 EUR: fits
+        assert response.status_code == 200
+        client.portal.call(client.app.state.gateway.admitter.tasks.drain)  # type: ignore[attr-defined]
+        shrunk = stack.post("/v1/chat/completions", big)  # 0.72 no longer fits: lowered
+        assert shrunk.status_code == 200, shrunk.text
+        assert shrunk.json()["usage"]["completion_tokens"] <= 700
+        rows = stack.rows(2)
+    assert sum(r.cost_micros for r in rows) <= 1_000_000
+
+
+def test_a_soft_budget_serves_and_raises_each_threshold_once(tmp_path: Path) -> None:
+    client, key, url = _budget_stack(tmp_path, hard=False)
+    body = {"model": "mistral-large-latest", "messages": CHAT, "max_tokens": 64}
+    with client:
+        stack = Stack(client, key, None, url)
+        statuses = [stack.post("/v1/chat/completions", body).status_code for _ in range(14)]
+        rows = stack.rows(14)
+        watcher = client.app.state.ledger_pipeline.budget_watcher  # type: ignore[attr-defined]
+        client.portal.call(watcher.check_once)  # type: ignore[union-attr]
+        client.portal.call(watcher.check_once)  # type: ignore[union-attr]
+        alerts = asyncio.run(stack._query(select(BudgetAlert)))
+    assert statuses == [200] * 14
+    assert sum(r.cost_micros for r in rows) > 1_000_000  # soft: served past the budget
+    assert sorted(a.threshold_pct for a in alerts) == [50, 80, 100]

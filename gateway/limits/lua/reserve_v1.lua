@@ -24,10 +24,12 @@ end
 local function ceil_div(a, b) return -floor_div(-a, b) end
 local function wait_ms(units, amount, rate)
   local short = amount * U - units
-  if short > 0 then return ceil_div(short, rate) end
-  return 0
+  if amount == 0 or short <= 0 then return 0 end
+  if rate == 0 then return 1000000000000 end  -- limiter.NEVER_MS
+  return ceil_div(short, rate)
 end
 local function int(x) return string.format('%.0f', x) end
+local NO_REFILL_TTL = 3456000000     -- 40 days: a rate-0 (budget) bucket outlives its period
 
 if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes (Redis < 5)
 
@@ -54,7 +56,7 @@ for i = 1, n do
   if raw[1] then
     u, ts = tonumber(raw[1]), tonumber(raw[2])
     if now > ts then
-      if u < full then
+      if u < full and rate > 0 then
         local dt = math.min(now - ts, ceil_div(full - u, rate))
         u = math.min(full, u + dt * rate)
       end
@@ -90,7 +92,11 @@ if denied == 0 then
     local u = units[i] - amounts[i] * U
     units[i] = u
     redis.call('HSET', KEYS[i], 'u', int(u), 't', int(stamps[i]))
-    redis.call('PEXPIRE', KEYS[i], wait_ms(u, caps[i], rates[i]) + margin)
+    if rates[i] == 0 then
+      redis.call('PEXPIRE', KEYS[i], NO_REFILL_TTL)
+    else
+      redis.call('PEXPIRE', KEYS[i], wait_ms(u, caps[i], rates[i]) + margin)
+    end
   end
   if ckey then
     local lease = tonumber(ARGV[6 + 3 * n])

@@ -19,6 +19,7 @@ local function floor_div(a, b)
 end
 local function ceil_div(a, b) return -floor_div(-a, b) end
 local function int(x) return string.format('%.0f', x) end
+local NO_REFILL_TTL = 3456000000     -- 40 days: a rate-0 (budget) bucket outlives its period
 
 if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes (Redis < 5)
 
@@ -42,7 +43,7 @@ for i = 1, n do
   if raw[1] then
     u, ts = tonumber(raw[1]), tonumber(raw[2])
     if now > ts then
-      if u < full then
+      if u < full and rate > 0 then
         local dt = math.min(now - ts, ceil_div(full - u, rate))
         u = math.min(full, u + dt * rate)
       end
@@ -51,9 +52,13 @@ for i = 1, n do
   end
   u = math.min(full, u - delta * U)
   redis.call('HSET', KEYS[i], 'u', int(u), 't', int(ts))
-  local refill_ms = 0
-  if u < full then refill_ms = ceil_div(full - u, rate) end
-  redis.call('PEXPIRE', KEYS[i], refill_ms + margin)
+  if rate == 0 then
+    redis.call('PEXPIRE', KEYS[i], NO_REFILL_TTL)
+  else
+    local refill_ms = 0
+    if u < full then refill_ms = ceil_div(full - u, rate) end
+    redis.call('PEXPIRE', KEYS[i], refill_ms + margin)
+  end
 end
 
 if KEYS[n + 1] then
