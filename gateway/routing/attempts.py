@@ -4,9 +4,11 @@ Retries happen only before the client has received a byte (the loop ends at the 
 response headers), on connect errors, timeouts to first byte, 429, 502, 503, 504 (500 when
 configured). Before a retry the loop waits: an upstream `Retry-After` when it ends before the
 caller's deadline, else nothing if another deployment is left to try at once, else full-jitter
-backoff. Each retry is charged to the failed deployment's `RetryBudget`; an exhausted budget,
-the last attempt or the deadline hands the error to the client. The next attempt prefers a
-deployment not yet tried, in the requested model's group first, then in its fallback groups.
+backoff. Each retry is charged to the failed deployment's `RetryBudget` (only once it is sure
+to happen); an exhausted budget, the last attempt, the deadline (no attempt starts after it) or
+every deployment being out (ejected, probed, failing checks) hands the error to the client at
+once. The next attempt prefers a deployment not yet tried, in the requested model's group
+first, then in its fallback groups.
 
 Every attempt is recorded in the `RouteTrace`; the health board learns from each outcome.
 """
@@ -23,7 +25,7 @@ from gateway.config import RoutingPolicy
 from gateway.errors import DependencyUnavailable, UpstreamError, UpstreamRejected
 from gateway.routing.balancer import choose, usable
 from gateway.routing.budget import RetryBudget
-from gateway.routing.health import EJECTED, HealthBoard
+from gateway.routing.health import HealthBoard
 from gateway.routing.plan import Plan, Target
 from gateway.routing.trace import Attempt, RouteTrace
 from gateway.upstream.client import UpstreamResponse
@@ -54,11 +56,12 @@ class Answer:
     target: Target
     response: UpstreamResponse
     _attempter: Attempter
+    _probe: bool = False  # this attempt is the deployment's half-open probe
 
     def finished(self, *, ok: bool | None) -> None:
         """The response was relayed to its end (True), broke off mid-way (False), or the
         client left before its end (None: no verdict on the deployment)."""
-        self._attempter.finished(self.target, ok=ok)
+        self._attempter.finished(self.target, ok=ok, probe=self._probe)
 
 
 class Attempter:
@@ -85,13 +88,15 @@ class Attempter:
             window_s=retries.budget_window_s,
         )
 
-    def finished(self, target: Target, *, ok: bool | None) -> None:
+    def finished(self, target: Target, *, ok: bool | None, probe: bool = False) -> None:
         """An answered attempt's body ended (see `Answer.finished`)."""
         health = self.board[target.deployment.name]
         if ok is None:
-            health.abandoned()
+            health.abandoned(probe=probe)
         else:
-            health.finished(self.clock.monotonic_s(), ok=ok, policy=self.policy.ejection)
+            health.finished(
+                self.clock.monotonic_s(), ok=ok, policy=self.policy.ejection, probe=probe
+            )
 
     async def run(self, plan: Plan, send: Send, trace: RouteTrace) -> Answer:
         """The first acceptable upstream response; raises the error to give the client."""
@@ -123,34 +128,41 @@ class Attempter:
             )
             trace.attempts.append(record)
             health = self.board[name]
-            health.started(now_s)
+            probe = health.started(now_s)
             try:
                 response = await send(target)
-            except asyncio.CancelledError:
-                health.abandoned()
-                raise
             except UpstreamError as exc:
                 record.outcome = _outcome(exc)
                 health.finished(
                     self.clock.monotonic_s(),
                     ok=not counts_against_health(exc),
                     policy=self.policy.ejection,
+                    probe=probe,
                 )
                 last = exc
                 tried.add(name)
-                waited_s = self._wait_before_retry(exc, plan, tried, attempt_no, deadline_s)
+                waited_s = self._wait_before_retry(exc, name, plan, tried, attempt_no, deadline_s)
                 if waited_s < 0:
                     raise
                 if waited_s:
                     await self.sleep(waited_s)
                 continue
+            except BaseException:  # cancelled (the client left) or not an upstream's failure
+                health.abandoned(probe=probe)
+                raise
             record.outcome = "ok"
-            return Answer(target, response, self)
+            return Answer(target, response, self, probe)
         assert last is not None  # max_attempts >= 1 and every path above sets it or returns
         raise last
 
     def _wait_before_retry(
-        self, error: UpstreamError, plan: Plan, tried: set[str], attempt_no: int, deadline_s: float
+        self,
+        error: UpstreamError,
+        failed_on: str,
+        plan: Plan,
+        tried: set[str],
+        attempt_no: int,
+        deadline_s: float,
     ) -> float:
         """Seconds to wait before the next attempt, or -1 when there must be none."""
         retries = self.policy.retries
@@ -159,9 +171,27 @@ class Attempter:
         if not is_retryable(error, retry_on_500=retries.retry_on_500):
             return -1
         now_s = self.clock.monotonic_s()
-        if not self.budget.try_retry(error.deployment or "", now_s):
-            return -1
         left_s = deadline_s - now_s
+        if left_s <= 0:
+            return -1  # no attempt starts after the deadline
+        wait_s = self._wait_s(error, plan, tried, attempt_no, now_s, left_s)
+        # Charged last, so a retry the deadline rules out does not spend the budget.
+        if wait_s < 0 or not self.budget.try_retry(failed_on, now_s):
+            return -1
+        return wait_s
+
+    def _wait_s(
+        self,
+        error: UpstreamError,
+        plan: Plan,
+        tried: set[str],
+        attempt_no: int,
+        now_s: float,
+        left_s: float,
+    ) -> float:
+        retries = self.policy.retries
+        if not any(self.board[name].available(now_s) for name in plan.eligible):
+            return -1  # all out (e.g. this failure ejected the last one): waiting cannot help
         asked = None
         if isinstance(error, UpstreamRejected):
             asked = retry_after_s(error.retry_after, self.clock.now_s())
@@ -187,7 +217,7 @@ class Attempter:
     ) -> tuple[Target, str, tuple[str, ...]] | None:
         """The next target (an untried one, earliest group first), why, and what was skipped."""
         board = self.board
-        for index, group in enumerate(plan.groups):
+        for group in plan.groups:
             if any(t.deployment.name not in tried and usable(t, board, now_s) for t in group):
                 target = choose(group, board, now_s, self.rng, avoid=tried)
                 assert target is not None
@@ -199,7 +229,8 @@ class Attempter:
                     and t.deployment.name not in tried
                     and not usable(t, board, now_s)
                 )
-                return target, _first_reason(index, skipped, board, now_s), skipped
+                fallback = target.public_model != plan.model  # groups[0] may be a fallback
+                return target, _first_reason(fallback, skipped, board, now_s), skipped
         for group in plan.groups:  # everything usable was tried: go back to the best of those
             target = choose(group, board, now_s, self.rng)
             if target is not None:
@@ -221,14 +252,16 @@ class Attempter:
 
 
 def _first_reason(
-    group_index: int, skipped: tuple[str, ...], board: HealthBoard, now_s: float
+    fallback: bool, skipped: tuple[str, ...], board: HealthBoard, now_s: float
 ) -> str:
-    if group_index > 0:
+    if fallback:
         return "fallback"
     if not skipped:
         return "balanced"
-    ejected = any(board[name].state(now_s) == EJECTED for name in skipped)
-    return "ejection" if ejected else "saturation"
+    # `saturation` only when every skipped deployment was merely full; one that was out
+    # (ejected, probed by another request, failing active checks) makes it an `ejection`.
+    out = any(not board[name].available(now_s) for name in skipped)
+    return "ejection" if out else "saturation"
 
 
 def _outcome(error: UpstreamError) -> str:

@@ -3,8 +3,10 @@
 Priority tiers first: the lowest `priority` tier with a usable deployment takes the request;
 a tier whose deployments are all ejected, failing active checks or saturated (`max_outstanding`
 reached) spills to the next. Within a tier: power of two random choices, weighted least load
-(`(load + 1) / weight`), ties broken by fewer attempts served per weight, so equal replicas
-share evenly and a slow one, holding more requests in flight, gets fewer new ones.
+(`load / weight`), ties broken by fewer attempts served per weight, so equal replicas share
+evenly, weights hold even when nothing is in flight (a `(load + 1) / weight` score would send
+every idle-time request to the heavier of two), and a slow one, holding more requests in
+flight, gets fewer new ones.
 
 A retry avoids the deployments already tried while others are usable, and goes back to one
 of them only when nothing else is left.
@@ -34,7 +36,7 @@ def usable(target: Target, board: HealthBoard, now_s: float) -> bool:
 def _score(target: Target, board: HealthBoard) -> tuple[float, float]:
     health = board[target.deployment.name]
     weight = target.deployment.weight
-    return ((health.load() + 1) / weight, health.served / weight)
+    return (health.load() / weight, health.served / weight)
 
 
 def choose(

@@ -1,9 +1,10 @@
 """RetryBudget: retries stay a bounded fraction of requests, per deployment.
 
 A retry after deployment D failed is charged to D. D may be retried away from while its retries
-in the sliding window stay below `min_retries + ratio x requests that started on D`; past that,
-the failure goes back to the client at once. So a failure storm multiplies upstream traffic by
-at most (1 + ratio), plus `min_retries` per deployment and window, instead of by max_attempts.
+in the sliding window, this one included, stay within `min_retries + ratio x requests that
+started on D`; past that, the failure goes back to the client at once. So a failure storm
+multiplies upstream traffic by at most (1 + ratio), plus `min_retries` per deployment and
+window, instead of by max_attempts.
 
 The window is a ring of one-second slots: O(1) per event, a few hundred bytes per deployment.
 """
@@ -66,7 +67,7 @@ class RetryBudget:
         """Charge a retry to `failed_on` if its budget allows one; False when exhausted."""
         window = self._window(failed_on)
         requests, retries = window.totals(now_s)
-        if retries >= self.min_retries + self.ratio * requests:
+        if retries + 1 > self.min_retries + self.ratio * requests:
             self.refused += 1
             return False
         window.retries[window._slot(now_s)] += 1

@@ -3,7 +3,9 @@
 Passive outlier detection: `consecutive_failures` failed attempts in a row eject a deployment
 for `base_s`, doubled on each repeat up to `max_s` (the count decays once the deployment has
 stayed healthy for `max_s`). When the cool-down ends the deployment is half-open: exactly one
-request probes it; success closes it, failure ejects it again for longer. Active checks (see
+request probes it; success closes it, failure ejects it again for longer. While it is out
+(ejected or half-open) only the probe's outcome counts: attempts that started before the
+ejection and end during it (stragglers) neither extend, end nor re-open it. Active checks (see
 `probes.py`) set `active_ok`; a deployment failing them takes no traffic until they pass.
 
 Outstanding requests are counted here too (the balancer's load signal), with the load a vLLM
@@ -70,38 +72,45 @@ class DeploymentHealth:
         """Requests in flight from this process plus those queued at a scraped vLLM."""
         return self.outstanding + self.load_waiting
 
-    def started(self, now_s: float) -> None:
-        """An attempt was sent here."""
+    def started(self, now_s: float) -> bool:
+        """An attempt was sent here; True when it is the half-open probe (pass that back to
+        `finished`/`abandoned`, so no other attempt's end is taken for the probe's)."""
         self.outstanding += 1
         self.served += 1
-        if self.state(now_s) == HALF_OPEN:
+        if self.state(now_s) == HALF_OPEN and not self.probe_in_flight:
             self.probe_in_flight = True
+            return True
+        return False
 
-    def abandoned(self) -> None:
+    def abandoned(self, *, probe: bool = False) -> None:
         """An attempt here was cancelled (the client left): no verdict on the deployment."""
         self.outstanding -= 1
-        self.probe_in_flight = False
+        if probe:
+            self.probe_in_flight = False
 
-    def finished(self, now_s: float, *, ok: bool, policy: Ejection) -> None:
+    def finished(self, now_s: float, *, ok: bool, policy: Ejection, probe: bool = False) -> None:
         """An attempt here ended: `ok` unless it failed in a way that counts against health."""
         self.outstanding -= 1
-        probing, self.probe_in_flight = self.probe_in_flight, False
+        if probe:
+            self.probe_in_flight = False
+        elif self.ejected_until_s is not None:
+            return  # a straggler from before the ejection: only the probe decides
         if ok:
             self.consecutive_failures = 0
             if self.ejected_until_s is not None:
                 self.ejected_until_s = None
                 self.healthy_since_s = now_s
             return
-        if self.state(now_s) == EJECTED:
-            return  # a straggler from before the ejection: it is out already
         self.consecutive_failures += 1
-        if probing or self.consecutive_failures >= policy.consecutive_failures:
+        if probe or self.consecutive_failures >= policy.consecutive_failures:
             self._eject(now_s, policy)
 
     def _eject(self, now_s: float, policy: Ejection) -> None:
         if self.ejected_until_s is None and now_s - self.healthy_since_s >= policy.max_s:
             self.ejections = 0  # healthy long enough: forgive earlier ejections
-        cool_down = min(policy.max_s, policy.base_s * 2**self.ejections)
+        # The exponent is capped: a float power past ~2**1023 raises OverflowError, and a
+        # deployment that stays down for days keeps counting ejections.
+        cool_down = min(policy.max_s, policy.base_s * 2.0 ** min(self.ejections, 1000))
         self.ejections += 1
         self.ejected_until_s = now_s + cool_down
         self.consecutive_failures = 0

@@ -21,7 +21,9 @@ class Attempt:
     jurisdiction: str
     reason: str
     waited_s: float = 0.0
-    outcome: str = "pending"  # "ok", an HTTP status ("503"), "timeout" or "unreachable"
+    # "ok", an HTTP status ("503") or the error's code ("upstream_timeout",
+    # "upstream_unavailable"); "pending" if the client left while it was in flight
+    outcome: str = "pending"
     skipped: tuple[str, ...] = ()  # deployments passed over (ejected, failing, saturated)
 
 

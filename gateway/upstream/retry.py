@@ -7,7 +7,9 @@ date) is read here too.
 
 from __future__ import annotations
 
+import math
 import random
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from gateway.errors import UpstreamError, UpstreamRejected
@@ -23,13 +25,18 @@ def retry_after_s(value: str | None, now_s: float) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "nan" and "inf" parse as floats but are no answer
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now_s)
+        when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # "-0000" or no zone: HTTP dates are GMT, not local time
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now_s)
 
 
 def is_retryable(error: UpstreamError, *, retry_on_500: bool) -> bool:
