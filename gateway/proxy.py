@@ -16,7 +16,7 @@ chunk; a stream that breaks mid-way ends with an SSE error event the SDKs raise 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +57,24 @@ class Relayed:
 
 @dataclass(frozen=True, slots=True)
 class Streamed:
-    """A streamed response: bytes to relay as they arrive."""
+    """A streamed response: bytes to relay as they arrive.
+
+    The server must call `close()` once the response is over, however it ended: a client that
+    leaves before the first chunk is read never starts `chunks`, so its cleanup (settle,
+    record, abort the upstream) would otherwise never run.
+    """
 
     status: int
     media_type: str
     headers: dict[str, str]
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
     trace: RouteTrace
+    _unstarted: Callable[[], Awaitable[None]]
+
+    async def close(self) -> None:
+        """Finish the call now if relaying did not (idempotent)."""
+        await self.chunks.aclose()  # runs the relay's cleanup if it had started
+        await self._unstarted()  # and this one if it never had
 
 
 async def forward(
@@ -139,7 +150,16 @@ async def forward(
         facts.stream = True
         watcher = SseWatcher(hide_usage_chunk=call.hide_usage_chunk)
         chunks = _relay(answer, watcher, finish)
-        return Streamed(response.status, media_type, out_headers, chunks, trace)
+
+        async def never_relayed() -> None:
+            if finish.finished:
+                return
+            facts.error_code = "client_disconnected"
+            answer.finished(ok=None)
+            finish.done(usage.metered(finish.prompt_tokens(), 0))
+            await response.close()
+
+        return Streamed(response.status, media_type, out_headers, chunks, trace, never_relayed)
     try:
         body = await response.read()
     except BaseException as exc:
@@ -169,6 +189,11 @@ class _Finish:
         self.gw, self.ticket, self.facts, self.trace = gw, ticket, facts, trace
         self.endpoint, self.payload = endpoint, payload
         self._done = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether the call was settled and recorded already."""
+        return self._done
 
     def done(self, used: UsedTokens | None, *, reservation_stands: bool = False) -> None:
         """The call ended; `used` None means no usage is known (an estimate is recorded)."""

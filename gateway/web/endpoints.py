@@ -6,8 +6,10 @@ never gets its body parsed.
 
 from __future__ import annotations
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from gateway.proxy import Relayed, Streamed, forward
 from gateway.routing.residency import RESIDENCY_HEADER
@@ -33,15 +35,31 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
     return render(result)
 
 
-def render(result: Relayed | Streamed) -> Response:
-    """The Starlette response for a proxy result."""
-    if isinstance(result, Streamed):
-        return StreamingResponse(
+class _ClosingStream(StreamingResponse):
+    """A streaming response that always closes its `Streamed` when it ends, so a client that
+    hangs up (even before the first chunk) settles, records and aborts the upstream at once."""
+
+    def __init__(self, result: Streamed) -> None:
+        super().__init__(
             result.chunks,
             status_code=result.status,
             headers=result.headers,
             media_type=result.media_type,
         )
+        self._result = result
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # finish even if this task is being cancelled
+                await self._result.close()
+
+
+def render(result: Relayed | Streamed) -> Response:
+    """The Starlette response for a proxy result."""
+    if isinstance(result, Streamed):
+        return _ClosingStream(result)
     return Response(
         result.body, status_code=result.status, headers=result.headers, media_type=result.media_type
     )
