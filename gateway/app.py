@@ -13,10 +13,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from gateway.admin.api import AdminServices
+from gateway.admin.invalidation import Invalidator
 from gateway.auth.principal import Authenticator
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig, load_config
@@ -26,6 +29,7 @@ from gateway.ledger.ledger import Ledger
 from gateway.ledger.pipeline import LedgerPipeline
 from gateway.limits import FailoverLimiter, Limiter, MemoryLimiter, RedisLimiter
 from gateway.limits.admission import Admitter
+from gateway.observability import metrics
 from gateway.observability.logging import configure_logging
 from gateway.routing.probes import HealthProber
 from gateway.routing.reload import ConfigReloader
@@ -89,6 +93,26 @@ def create_app(
         if redis_limiter is not None and not await redis_limiter.warm_up():
             log.warning("Redis is unavailable at start; the limiter failure mode applies")
         app.state.gateway = gateway
+        # Cluster too: PUBLISH reaches every node, so one node's connection hears them all.
+        pubsub_client = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        invalidator = Invalidator(auth, pubsub_client, key_prefix=settings.redis_key_prefix)
+        listener = asyncio.get_running_loop().create_task(invalidator.listen_forever())
+        app.state.admin = AdminServices(
+            sessions=make_sessionmaker(engine),
+            clock=clock,
+            pepper=settings.key_pepper.get_secret_value().encode(),
+            bootstrap_token=(
+                settings.admin_token.get_secret_value() if settings.admin_token else None
+            ),
+            invalidator=invalidator,
+        )
+        app.state.redis_probe = pubsub_client
+        app.state.metrics_state = metrics.StateCollector(
+            lambda: (
+                app.state.gateway.attempter.board.snapshot(clock.monotonic_s()),
+                limiter.degraded if isinstance(limiter, FailoverLimiter) else None,
+            )
+        )
         prober = HealthProber(gateway, transport)
         prober.start()
         reloader = ConfigReloader(config_path, gateway) if config_path is not None else None
@@ -98,6 +122,11 @@ def create_app(
         try:
             yield
         finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            if pubsub_client is not None:
+                await pubsub_client.aclose()
             if reloader is not None:
                 await reloader.stop()
             await prober.stop()
@@ -147,4 +176,6 @@ def create_app_from_env() -> Starlette:
     """uvicorn's factory: settings from the environment, the routing file they name."""
     settings = Settings()
     configure_logging(settings.log_level)
+    if not settings.access_log:
+        logging.getLogger("gateway.access").setLevel(logging.WARNING)
     return create_app(settings, load_config(settings.config), config_path=settings.config)

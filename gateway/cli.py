@@ -24,7 +24,7 @@ from gateway import budget_commands
 from gateway.config import ConfigError, GatewayConfig, SimulatorConfig, load_config
 from gateway.errors import GatewayError
 from gateway.ledger.commands import run_ledger_writer, run_reconcile
-from gateway.settings import Settings, export_for_workers
+from gateway.settings import Settings, enable_multiprocess_metrics, export_for_workers
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -80,6 +80,8 @@ def serve(settings: Settings, config: GatewayConfig) -> None:
     import uvicorn
 
     simulator = _start_simulator(config.simulator) if config.simulator else None
+    if settings.workers > 1:
+        enable_multiprocess_metrics()
     export_for_workers(settings)
     try:
         uvicorn.run(

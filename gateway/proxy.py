@@ -117,6 +117,8 @@ async def forward(
         facts.upstream_model = target.upstream_model
         headers = gw.upstream_headers[deployment.name] | {"x-request-id": request_id}
         sent_s = clock.monotonic_s()
+        if facts.first_send_mono_s is None:
+            facts.first_send_mono_s = sent_s
         response = await gw.clients[deployment.name].post(
             deployment.base + call.path, headers, call.body
         )

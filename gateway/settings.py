@@ -8,6 +8,7 @@ Secrets are `SecretStr`, so they never show up in a repr or a log line.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How often the in-memory price book is reloaded."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = Field(
+        default=True, description="One JSON line per request (ids, model, status, latency)."
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default=1, ge=1)
@@ -93,3 +97,15 @@ def read_secret_env(name: str) -> SecretStr | None:
     """The secret held by environment variable `name` (named in the routing file), if set."""
     value = os.environ.get(name)
     return SecretStr(value) if value else None
+
+
+def prometheus_multiproc_dir() -> str | None:
+    """Where prometheus-client keeps multi-process metrics (set by `serve` for N workers)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def enable_multiprocess_metrics() -> None:
+    """Give prometheus-client a fresh shared directory, for `serve --workers N` (N > 1).
+    Must run before the workers import prometheus-client."""
+    if prometheus_multiproc_dir() is None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")

@@ -121,10 +121,37 @@ class Gateway:
         )
 
     def apply_config(self, config: GatewayConfig) -> ConfigChange:
-        """Serve `config` from now on (in the event loop; no await, so the swap is atomic)."""
+        """Serve `config` from now on (in the event loop; no await, so the swap is atomic).
+
+        Everything is built before anything is swapped: if building fails, nothing changed."""
         old = self.routing.config
         before = {d.name: d for d in old.deployments}
         after = {d.name: d for d in config.deployments}
+        routing = RoutingTable(config, created_s=int(self.clock.now_s()))
+        attempter = self._attempter_for(config)
+        headers = upstream_headers(config)
+        clients, retired = self._clients_for(before, after)
+        for name, client in self.clients.items():  # removed, not yet retired: still resolvable
+            if name not in clients:
+                clients[name] = client
+                headers[name] = self.upstream_headers[name]
+        attempter.board.track(after)
+        self.routing, self.attempter = routing, attempter
+        self.clients, self.upstream_headers = clients, headers
+        for name, client, deployment in retired:
+            grace_s = deployment.timeouts.total_s + old.routing.retries.deadline_s
+            self._retire(name, client, grace_s + RETIRE_SLACK_S)
+        return ConfigChange(
+            added=tuple(n for n in after if n not in before),
+            removed=tuple(n for n in before if n not in after),
+            changed=tuple(n for n in after if n in before and before[n] != after[n]),
+            new_clients=tuple(n for n, _, _ in retired if n in after),
+        )
+
+    def _clients_for(
+        self, before: Mapping[str, Deployment], after: Mapping[str, Deployment]
+    ) -> tuple[dict[str, UpstreamClient], list[tuple[str, UpstreamClient, Deployment]]]:
+        """The clients of `after` (reused where the pool is unchanged), and those to retire."""
         clients: dict[str, UpstreamClient] = {}
         retired: list[tuple[str, UpstreamClient, Deployment]] = []
         for name, deployment in after.items():
@@ -136,24 +163,7 @@ class Gateway:
             if previous is not None:
                 retired.append((name, self.clients[name], previous))
         retired += [(n, self.clients[n], d) for n, d in before.items() if n not in after]
-        headers = upstream_headers(config)
-        for name, client in self.clients.items():  # removed, not yet retired: still resolvable
-            if name not in clients:
-                clients[name] = client
-                headers[name] = self.upstream_headers[name]
-        self.attempter.board.track(after)
-        self.attempter = self._attempter_for(config)
-        self.clients, self.upstream_headers = clients, headers
-        self.routing = RoutingTable(config, created_s=int(self.clock.now_s()))
-        for name, client, deployment in retired:
-            grace_s = deployment.timeouts.total_s + old.routing.retries.deadline_s
-            self._retire(name, client, grace_s + RETIRE_SLACK_S)
-        return ConfigChange(
-            added=tuple(n for n in after if n not in before),
-            removed=tuple(n for n in before if n not in after),
-            changed=tuple(n for n in after if n in before and before[n] != after[n]),
-            new_clients=tuple(n for n, _, _ in retired if n in after),
-        )
+        return clients, retired
 
     def _attempter_for(self, config: GatewayConfig) -> Attempter:
         """The current attempter, or a new one on the same board when the policy changed."""

@@ -34,6 +34,7 @@ from gateway.db.tables import ApiKey, Tenant
 from gateway.errors import Unauthenticated
 from gateway.limits.budget import BudgetPolicy
 from gateway.limits.policy import UNLIMITED, TenantLimits
+from gateway.observability import metrics
 from gateway.routing.residency import ResidencyPolicy
 
 MISSING_KEY = "Missing API key: send `Authorization: Bearer <key>`."
@@ -131,6 +132,16 @@ class Authenticator:
         else:
             self._cache.pop(key_hash, None)
 
+    def invalidate_tenant(self, tenant_id: str) -> None:
+        """Forget every cached key of a tenant (suspended, limits or budget changed)."""
+        stale = [
+            key_hash
+            for key_hash, entry in self._cache.items()
+            if entry.principal is not None and entry.principal.tenant_id == tenant_id
+        ]
+        for key_hash in stale:
+            self._cache.pop(key_hash, None)
+
     async def _lookup(self, key_hash: str) -> _Entry:
         task = self._inflight.get(key_hash)
         if task is None:
@@ -148,6 +159,7 @@ class Authenticator:
                     entry = await _read_entry(session, key_hash)
         finally:
             self._inflight.pop(key_hash, None)
+        metrics.DB_SECONDS.labels("auth_lookup").observe(self._clock.monotonic_s() - started_s)
         self._remember(key_hash, entry, started_s + self._ttl_s)
         return entry
 

@@ -306,4 +306,39 @@ class BudgetAlert(Base):
     created_at: Mapped[datetime]
 
 
+ADMIN_ROLES = ("admin", "finance")
+
+
+class AdminToken(Base):
+    """A token for the admin API, stored as its HMAC only, with a role."""
+
+    __tablename__ = "admin_tokens"
+    __table_args__ = (CheckConstraint(_in_list("role", ADMIN_ROLES), name="role"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditRecord(Base):
+    """Who changed what, when: one row per admin change, written in the change's transaction."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))  # admin token name (id), or "bootstrap"
+    action: Mapped[str] = mapped_column(String(64))  # e.g. "tenant.create", "key.revoke"
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(200))
+    tenant_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
 metadata = Base.metadata

@@ -27,6 +27,7 @@ from gateway.db.budgets import all_budgets, record_alert
 from gateway.db.usage import spend_micros
 from gateway.limits.budget import budget_bucket, format_amount, period_bounds
 from gateway.limits.limiter import Limiter
+from gateway.observability import metrics
 
 log = logging.getLogger("gateway.budgets")
 
@@ -89,6 +90,7 @@ class BudgetWatcher:
                     )
                     if new:
                         self.alerts += 1
+                        metrics.BUDGET_ALERTS.labels(tenant, str(threshold)).inc()
                         log.warning(
                             "budget threshold %d%% reached by tenant %s: %s of %s %s",
                             threshold,

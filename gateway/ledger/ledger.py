@@ -20,10 +20,12 @@ from gateway.ledger.journal import Journal, MemoryJournal
 from gateway.ledger.pricing import PriceCatalog, cost_micros
 from gateway.ledger.record import UsageRecord, hour_of
 from gateway.ledger.usage import UsedTokens
+from gateway.observability import metrics
 from gateway.routing.trace import RouteTrace
 from gateway.tasks import BackgroundTasks
 
 log = logging.getLogger("gateway.ledger")
+access_log = logging.getLogger("gateway.access")
 
 
 @dataclass(slots=True)
@@ -45,6 +47,7 @@ class CallFacts:
     error_code: str | None = None
     upstream_latency_s: float | None = None
     first_chunk_mono_s: float | None = None
+    first_send_mono_s: float | None = None  # when the first attempt went upstream
     upstream_id: str | None = None
 
 
@@ -103,6 +106,12 @@ class Ledger:
             finished_at_ms=int(self.clock.now_s() * 1000),
         )
         self.recorded += 1
+        overhead = facts.first_send_mono_s
+        metrics.observe_call(
+            record, overhead_s=None if overhead is None else overhead - facts.started_mono_s
+        )
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("request", extra={"fields": _access_fields(record)})
         payload = record.encode()
         hour = hour_of(record.started_at_ms)
         if isinstance(self.journal, MemoryJournal):
@@ -110,6 +119,27 @@ class Ledger:
         else:
             self.tasks.spawn(self.journal.append(payload, hour), name="ledger.append")
         return record
+
+
+def _access_fields(record: UsageRecord) -> dict[str, object]:
+    """One request's access-log line: never keys, prompts or completions."""
+    return {
+        "request_id": record.request_id,
+        "tenant": record.tenant_id,
+        "key": record.key_id,
+        "model": record.model,
+        "deployment": record.deployment,
+        "status": record.status,
+        "error": record.error_code,
+        "stream": record.stream,
+        "latency_ms": record.gateway_latency_ms,
+        "upstream_ms": record.upstream_latency_ms,
+        "ttft_ms": record.ttft_ms,
+        "attempts": record.attempts,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "cost_micros": record.cost_micros,
+    }
 
 
 def _ms(seconds: float | None) -> int | None:

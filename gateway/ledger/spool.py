@@ -25,6 +25,7 @@ from typing import IO
 from gateway.ledger.journal import Journal
 from gateway.ledger.record import record_hour
 from gateway.ledger.redis_stream import JournalUnavailable
+from gateway.observability import metrics
 
 log = logging.getLogger("gateway.ledger")
 
@@ -50,6 +51,7 @@ class FileSpool:
         self._file.flush()
         self._dirty = True
         self.spooled += 1
+        metrics.SPOOLED.inc()
 
     def sync(self) -> None:
         """fsync what was appended since the last call."""
@@ -98,6 +100,7 @@ class FileSpool:
                 return moved
             claimed.unlink()
             moved += done
+        metrics.SPOOLED.dec(moved)
         if moved:
             log.info("replayed %d spooled usage records into the journal", moved)
         return moved

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,6 +24,7 @@ from gateway.db.usage import insert_usage
 from gateway.ledger.journal import JournalReader
 from gateway.ledger.record import UsageRecord, decode
 from gateway.ledger.redis_stream import JournalUnavailable
+from gateway.observability import metrics
 
 log = logging.getLogger("gateway.ledger")
 
@@ -63,6 +65,7 @@ class LedgerWriter:
                 raise
             except Exception as exc:
                 self.failures += 1
+                metrics.LEDGER_FAILURES.inc()
                 log.warning("ledger batch not written (%s); retrying in %.1fs", exc, backoff_s)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(self.max_backoff_s, backoff_s * 2)
@@ -80,12 +83,16 @@ class LedgerWriter:
                 self.poison += 1
                 log.error("dropping unreadable usage entry %s: %s", entry_id, exc)
         if records:
+            started = time.perf_counter()
             async with self.sessions() as session, session.begin():
                 new = await insert_usage(session, records)
+            metrics.DB_SECONDS.labels("ledger_batch").observe(time.perf_counter() - started)
+            metrics.LEDGER_ROWS.inc(new)
             self.written += new
             self.duplicates += len(records) - new
             newest_ms = max(r.finished_at_ms for r in records)
             self.last_lag_s = max(0.0, self.clock.now_s() - newest_ms / 1000)
+            metrics.LEDGER_LAG.set(self.last_lag_s)
         await self.journal.ack([entry_id for entry_id, _ in entries])
         return len(entries)
 

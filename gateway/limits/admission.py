@@ -14,6 +14,7 @@ settle that fails is logged and dropped: the bucket then keeps the conservative 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from gateway.limits.budget import (
 from gateway.limits.limiter import CONCURRENCY, BucketState, Decision, Demand, Limiter
 from gateway.limits.policy import RPM, TPM, Admission, output_reservation, plan_admission
 from gateway.limits.tokens import count_prompt_tokens
+from gateway.observability import metrics
 from gateway.tasks import BackgroundTasks
 from gateway.upstream.adapter import Endpoint
 
@@ -103,9 +105,15 @@ class Admitter:
                 worst = worst_case_micros(price, prompt_tokens, output) if price else 0
                 spend = (budget_bucket(budget, now_s), worst if budget.hard else 0)
             demands = admission.demands + ((spend,) if spend else ())
+            started = time.perf_counter()
             decision = await self.limiter.reserve(
                 principal.tenant_id, demands, concurrency=admission.concurrency
             )
+            metrics.REDIS_SECONDS.labels("reserve").observe(time.perf_counter() - started)
+            reason = "none" if decision.allowed else _reason(decision.denied)
+            metrics.LIMITER_DECISIONS.labels(
+                "allowed" if decision.allowed else "denied", reason
+            ).inc()
             headers = ratelimit_headers(decision.buckets)
             if budget is not None:
                 headers.update(budget_headers(decision.buckets, now_s))
@@ -164,10 +172,21 @@ class Admitter:
         )
 
     async def _settle(self, tenant_id: str, adjustments: Any, slot_id: str | None) -> None:
+        started = time.perf_counter()
         try:
             await self.limiter.settle(tenant_id, adjustments, release_slot=slot_id)
+            metrics.REDIS_SECONDS.labels("settle").observe(time.perf_counter() - started)
         except Exception as exc:  # logged once here: the reservation stands, nothing else breaks
             log.warning("settle failed for tenant %s: %s", tenant_id, type(exc).__name__)
+
+
+def _reason(bucket: str | None) -> str:
+    """A bounded label for the bucket that refused (no model names: they are unbounded)."""
+    if bucket is None:
+        return "unknown"
+    if is_budget(bucket):
+        return "budget"
+    return bucket.split(":", 1)[0] + (":model" if ":model:" in bucket else "")
 
 
 def _remaining(buckets: tuple[BucketState, ...], name: str) -> int:

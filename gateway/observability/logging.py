@@ -31,6 +31,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
+        fields = getattr(record, "fields", None)
+        if fields:  # structured fields (the access log): ids, names and numbers only
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()

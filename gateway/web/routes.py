@@ -1,25 +1,24 @@
-"""The route table, and nothing else. Every `/v1` route authenticates the tenant itself;
-only the health probes are open."""
+"""The route table, and nothing else. Every `/v1` route authenticates the tenant itself, every
+`/admin/v1` route an admin token; only the health probes and `/metrics` are open (expose
+`/metrics` to the cluster network only: it names tenants and models)."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
+from gateway.admin.routes import admin_routes
 from gateway.web.endpoints import chat_completions, embeddings, fim_completions
 from gateway.web.model_list import list_models, retrieve_model
-
-
-async def healthz(request: Request) -> Response:
-    """Liveness: the process answers."""
-    return PlainTextResponse("ok")
+from gateway.web.ops import healthz, metrics_endpoint, readyz
 
 
 def routes() -> list[Route | Mount]:
     """All routes of the gateway."""
     return [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Mount("/admin/v1", routes=admin_routes()),
         Mount(
             "/v1",
             routes=[

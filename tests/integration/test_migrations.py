@@ -28,6 +28,8 @@ OUR_TABLES = {
     "usage_daily",
     "budgets",
     "budget_alerts",
+    "admin_tokens",
+    "audit_log",
 }
 
 

@@ -29,7 +29,8 @@ Modules, in request order: `options` (SimulatorOptions), `app` (routes, request 
 API, `SimulatorEdge`), `faults` (queue, headers, fail_rate), `validation` (what each style
 accepts), `endpoints` (chat, FIM, completions, embeddings), `answers` (deterministic text,
 tool calls, vectors), `wire` (bodies and SSE chunks per style), `delivery` (pacing, hangs,
-drops), `errors` (SimError and its body per style), `server` (uvicorn).
+drops), `errors` (SimError and its body per style), `metrics` (vLLM-style `GET /metrics`:
+requests in flight as `vllm:num_requests_running`), `server` (uvicorn).
 """
 
 from gateway.upstream.simulated.answers import embedding_vector

@@ -37,6 +37,7 @@ from gateway.upstream.simulated.faults import (
     parse_faults,
     status_error,
 )
+from gateway.upstream.simulated.metrics import Load, LoadCounter, metrics_endpoint
 from gateway.upstream.simulated.options import SimulatorOptions
 from gateway.upstream.simulated.wire import models_body
 from gateway.upstream.tokenizer import TokenCounter
@@ -85,8 +86,10 @@ class Simulator:
             "body": None,
             "had_auth": "authorization" in request.headers,
             "t_mono": time.monotonic(),
+            "request_id": request.headers.get("x-request-id"),
             "status": None,
             "outcome": None,
+            "t_end_mono": None,  # when a streamed body or a hang ended (done, dropped, left)
         }
         self.state.requests.append(entry)
         try:
@@ -228,9 +231,12 @@ def create_simulator_app(options: SimulatorOptions) -> Starlette:
         Route("/_sim/requests", sim.request_log, methods=["GET"]),
         Route("/_sim/reset", sim.reset, methods=["POST"]),
     ]
+    load = Load()
+    if options.style == "vllm":  # only vLLM serves Prometheus metrics
+        routes.append(Route("/metrics", metrics_endpoint(load, options.models[0]), methods=["GET"]))
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SimulatorEdge)],
+        middleware=[Middleware(SimulatorEdge), Middleware(LoadCounter, load=load)],
         exception_handlers={HTTPException: _not_found},
         lifespan=lifespan,
     )

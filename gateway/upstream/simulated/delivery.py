@@ -9,6 +9,7 @@ iterator so `SimulatorEdge` leaves the response unfinished and the connection is
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn
 
@@ -62,6 +63,7 @@ class Delivery:
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            entry["t_end_mono"] = time.monotonic()
             for wait in waits:
                 wait.cancel()
         raise SimulatedDrop("simulated hang ended: the client left or the server is stopping")
@@ -128,6 +130,7 @@ class Delivery:
             yield SSE_DONE
             finished = True
         finally:
+            entry["t_end_mono"] = time.monotonic()  # comparable across processes (Linux)
             if finished:
                 entry["outcome"] = "ok"
             elif entry["outcome"] == "streaming":

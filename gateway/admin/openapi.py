@@ -1,0 +1,134 @@
+"""The OpenAPI 3.1 document of the admin API, generated from the operations and their schemas
+(the same pydantic models the handlers validate with), so the contract cannot drift."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from gateway.admin.api import Operation
+
+REF = "#/components/schemas/{model}"
+_PARAM = re.compile(r"{([a-z_]+)(?::[a-z]+)?}")
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object."""
+
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error: `{"error": {...}}` (422 adds `errors`, one per bad field)."""
+
+    error: ErrorDetail
+    errors: list[dict[str, str]] | None = None
+
+
+_ERROR_TEXT = {
+    400: "Malformed request",
+    401: "No valid admin token",
+    403: "The token's role may not do this",
+    404: "No such resource",
+    409: "Conflicts with the current state",
+    412: "If-Match does not match the current ETag",
+    422: "Invalid body or query (field-level errors)",
+}
+
+
+def build_openapi(operations: Sequence[Operation], *, prefix: str = "/admin/v1") -> dict[str, Any]:
+    """The document, as a JSON-ready dict."""
+    models: dict[type[BaseModel], None] = {ErrorBody: None}
+    for op in operations:
+        for model in (op.body, op.response):
+            if model is not None:
+                models[model] = None
+    _, schemas = models_json_schema([(model, "validation") for model in models], ref_template=REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        path = _PARAM.sub(r"{\1}", prefix + op.path)
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PARAM.findall(op.path)
+        ]
+        if op.query is not None:
+            query_schema = op.query.model_json_schema()
+            required = set(query_schema.get("required", ()))
+            for name, prop in query_schema.get("properties", {}).items():
+                parameters.append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": name in required,
+                        "schema": _inline(prop),
+                    }
+                )
+        responses: dict[str, Any] = {}
+        if op.status == 204:
+            responses["204"] = {"description": "Done"}
+        else:
+            content: dict[str, Any] = {
+                "application/json": {
+                    "schema": {"$ref": REF.format(model=op.response.__name__)}
+                    if op.response is not None
+                    else {"type": "object"}
+                }
+            }
+            if op.csv:
+                content["text/csv"] = {"schema": {"type": "string"}}
+            responses[str(op.status)] = {"description": op.summary, "content": content}
+        error_codes = {400, 401, 403, *op.errors}
+        if op.body is not None or op.query is not None:
+            error_codes.add(422)
+        for code in sorted(error_codes):
+            responses[str(code)] = {
+                "description": _ERROR_TEXT.get(code, "Error"),
+                "content": {
+                    "application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}
+                },
+            }
+        operation: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": f"{op.method.lower()}_{op.handler.__name__}",
+            "tags": [op.tag],
+            "parameters": parameters,
+            "responses": responses,
+            "x-roles": sorted(op.roles),
+        }
+        if op.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": REF.format(model=op.body.__name__)}}
+                },
+            }
+        paths.setdefault(path, {})[op.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "LLM gateway admin API",
+            "version": "1",
+            "description": "Tenants, keys, limits, budgets, prices, usage and the audit log. "
+            "Send an admin token as `Authorization: Bearer`; `finance` tokens may only read "
+            "usage, prices and budgets.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"adminToken": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _inline(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema without pydantic's titles."""
+    return {k: v for k, v in prop.items() if k not in ("title",)}

@@ -1,0 +1,291 @@
+"""The admin API's wire shapes: pydantic models with unknown fields forbidden (no mass
+assignment). Handlers validate with them and `openapi.py` documents them, so both agree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+Residency = Literal["eu", "any"]
+Count = Annotated[int, Field(ge=1, le=2_000_000_000)]
+
+
+class Strict(BaseModel):
+    """Base of every request model: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(Strict):
+    """`?limit=&cursor=` on every list."""
+
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+# --- tenants ---------------------------------------------------------------------------------
+
+
+class TenantCreate(Strict):
+    name: Name
+    residency: Residency = "any"
+    allowed_models: list[Name] | None = Field(default=None, max_length=1000)
+    default_output_tokens: Count | None = None
+    status: Literal["active", "suspended"] = "active"
+
+
+class TenantUpdate(Strict):
+    """PATCH: only the fields sent change."""
+
+    name: Name | None = None
+    residency: Residency | None = None
+    allowed_models: list[Name] | None = Field(default=None, max_length=1000)
+    default_output_tokens: Count | None = None
+    status: Literal["active", "suspended"] | None = None
+
+
+class Tenant(BaseModel):
+    id: str
+    name: str
+    residency: str
+    allowed_models: list[str] | None
+    default_output_tokens: int | None
+    status: str
+    created_at: datetime
+
+
+class TenantPage(BaseModel):
+    data: list[Tenant]
+    next_cursor: str | None
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+class KeyCreate(Strict):
+    name: Name | None = None
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class KeyRotate(Strict):
+    grace_seconds: int = Field(
+        default=0, ge=0, le=30 * 86_400, description="How long the old key keeps working."
+    )
+    name: Name | None = None
+
+
+class Key(BaseModel):
+    id: str
+    tenant_id: str
+    prefix: str
+    name: str | None
+    status: Literal["active", "expired", "revoked"]
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(Key):
+    key: str = Field(description="The key itself: shown once, stored only as a hash.")
+
+
+class KeyPage(BaseModel):
+    data: list[Key]
+    next_cursor: str | None
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+class ModelLimits(Strict):
+    rpm: Count | None = None
+    tpm: Count | None = None
+    rpm_burst: Count | None = None
+    tpm_burst: Count | None = None
+
+
+class Limits(Strict):
+    """A tenant's whole limits: PUT replaces every row; an absent figure is unlimited."""
+
+    rpm: Count | None = None
+    tpm: Count | None = None
+    rpm_burst: Count | None = None
+    tpm_burst: Count | None = None
+    concurrency: Count | None = None
+    models: dict[Name, ModelLimits] = Field(default_factory=dict, max_length=1000)
+
+
+# --- budgets ---------------------------------------------------------------------------------
+
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+Amount = Annotated[Decimal, Field(ge=0, le=Decimal("1000000000"), decimal_places=6)]
+
+
+class BudgetBody(Strict):
+    amount: Amount
+    currency: Currency = "EUR"
+    period: Literal["month"] = "month"
+    hard: bool = True
+    shrink_max_tokens: bool = False
+    min_output_tokens: Count = 16
+    thresholds_pct: list[Annotated[int, Field(gt=0, le=1000)]] = Field(
+        default_factory=lambda: [50, 80, 100], max_length=20
+    )
+
+
+class Budget(BaseModel):
+    tenant_id: str
+    amount: Decimal
+    currency: str
+    period: str
+    hard: bool
+    shrink_max_tokens: bool
+    min_output_tokens: int
+    thresholds_pct: list[int]
+    period_start: datetime
+    period_end: datetime
+    spent: Decimal = Field(description="Recorded in the ledger this period.")
+    remaining: Decimal
+
+
+# --- prices ----------------------------------------------------------------------------------
+
+PerMillion = Annotated[Decimal, Field(ge=0, le=Decimal("1000000"), decimal_places=6)]
+
+
+class PriceCreate(Strict):
+    model: Name
+    deployment: Annotated[str, Field(max_length=64)] = ""
+    currency: Currency = "EUR"
+    input_per_mtok: PerMillion
+    output_per_mtok: PerMillion = Decimal(0)
+    effective_from: datetime
+
+
+class Price(BaseModel):
+    id: int
+    model: str
+    deployment: str
+    currency: str
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    effective_from: datetime
+    created_at: datetime
+
+
+class PriceQuery(Page):
+    model: Name | None = None
+
+
+class PricePage(BaseModel):
+    data: list[Price]
+    next_cursor: str | None
+
+
+# --- usage -----------------------------------------------------------------------------------
+
+GroupBy = Literal["model", "deployment", "day", "month"]
+
+
+class UsageQuery(Strict):
+    tenant_id: str | None = Field(default=None, max_length=36)
+    start: datetime | None = Field(
+        default=None, description="Inclusive (UTC); default: 30 days ago."
+    )
+    end: datetime | None = Field(default=None, description="Exclusive (UTC); default: now.")
+    group_by: str = Field(
+        default="day",
+        pattern=r"^(model|deployment|day|month)(,(model|deployment|day|month))*$",
+        description="Comma-separated: model, deployment, day, month.",
+    )
+
+
+class UsageRow(BaseModel):
+    tenant_id: str
+    model: str | None = None
+    deployment: str | None = None
+    day: str | None = None
+    month: str | None = None
+    currency: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    cost: Decimal
+    unpriced_requests: int
+
+
+class UsageReport(BaseModel):
+    start: datetime
+    end: datetime
+    group_by: list[str]
+    data: list[UsageRow]
+
+
+# --- audit, admin tokens, reconciliation -----------------------------------------------------
+
+
+class AuditQuery(Page):
+    tenant_id: str | None = Field(default=None, max_length=36)
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    resource_type: str
+    resource_id: str
+    tenant_id: str | None
+    before: dict | None
+    after: dict | None
+
+
+class AuditPage(BaseModel):
+    data: list[AuditEntry]
+    next_cursor: str | None
+
+
+class AdminTokenCreate(Strict):
+    name: Name
+    role: Literal["admin", "finance"]
+
+
+class AdminToken(BaseModel):
+    id: str
+    name: str
+    role: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class AdminTokenCreated(AdminToken):
+    token: str = Field(description="Shown once, stored only as a hash.")
+
+
+class AdminTokenPage(BaseModel):
+    data: list[AdminToken]
+    next_cursor: str | None
+
+
+class ReconcileQuery(Strict):
+    hours: int = Field(default=24, ge=1, le=24 * 31)
+
+
+class ReconcileHour(BaseModel):
+    hour: str
+    served: int
+    ledger: int
+    pending: int
+    missing: int
+
+
+class ReconcileReport(BaseModel):
+    complete: bool
+    hours: list[ReconcileHour]
