@@ -39,6 +39,20 @@ def _score(target: Target, board: HealthBoard) -> tuple[float, float]:
     return (health.load() / weight, health.served / weight)
 
 
+def _level_rejoined(group: Sequence[Target], board: HealthBoard) -> None:
+    """Give a deployment back from ejection (or new) its group's busiest `served` per
+    weight, so it shares evenly from now on instead of winning every tie while it catches up."""
+    rejoined = [t for t in group if board[t.deployment.name].rejoined]
+    if not rejoined:
+        return
+    steady = [t for t in group if not board[t.deployment.name].rejoined]
+    top = max((board[t.deployment.name].served / t.deployment.weight for t in steady), default=0)
+    for target in rejoined:
+        health = board[target.deployment.name]
+        health.served = max(health.served, round(top * target.deployment.weight))
+        health.rejoined = False
+
+
 def choose(
     targets: Sequence[Target],
     board: HealthBoard,
@@ -57,5 +71,6 @@ def choose(
     best = [t for t in pool if t.deployment.priority == tier]
     if len(best) == 1:
         return best[0]
+    _level_rejoined(best, board)
     first, second = rng.sample(best, 2)
     return first if _score(first, board) <= _score(second, board) else second

@@ -39,6 +39,7 @@ class DeploymentHealth:
         "name",
         "outstanding",
         "probe_in_flight",
+        "rejoined",
         "served",
     )
 
@@ -46,6 +47,9 @@ class DeploymentHealth:
         self.name = name
         self.outstanding = 0
         self.served = 0  # attempts started; breaks balancing ties evenly
+        # Back from an ejection, or new in a reload: `served` lags its peers and would win
+        # every tie until it caught up. The balancer levels it with its group first.
+        self.rejoined = False
         self.consecutive_failures = 0
         self.ejections = 0
         self.ejected_until_s: float | None = None
@@ -100,6 +104,7 @@ class DeploymentHealth:
             if self.ejected_until_s is not None:
                 self.ejected_until_s = None
                 self.healthy_since_s = now_s
+                self.rejoined = True
             return
         self.consecutive_failures += 1
         if probe or self.consecutive_failures >= policy.consecutive_failures:
@@ -121,13 +126,16 @@ class HealthBoard:
 
     def __init__(self, names: Iterable[str] = ()) -> None:
         self._by_name: dict[str, DeploymentHealth] = {}
-        self.track(names)
+        self.track(names, joining=False)
 
-    def track(self, names: Iterable[str]) -> None:
-        """Make sure each named deployment has a record (new ones start healthy)."""
+    def track(self, names: Iterable[str], *, joining: bool = True) -> None:
+        """Make sure each named deployment has a record (new ones start healthy and, when
+        `joining` a running board, are levelled with their group before their first pick)."""
         for name in names:
             if name not in self._by_name:
-                self._by_name[name] = DeploymentHealth(name)
+                health = DeploymentHealth(name)
+                health.rejoined = joining
+                self._by_name[name] = health
 
     def __getitem__(self, name: str) -> DeploymentHealth:
         return self._by_name[name]

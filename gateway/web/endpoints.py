@@ -6,12 +6,14 @@ never gets its body parsed.
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.proxy import Relayed, Streamed, forward
+from gateway.proxy import CLIENT_CLOSED, Relayed, Streamed, forward
 from gateway.routing.residency import RESIDENCY_HEADER
 from gateway.state import Gateway
 from gateway.upstream.adapter import Endpoint
@@ -23,16 +25,36 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
     principal = await gw.auth.authenticate(request.headers.get("authorization"))
     payload = parse_json_object(await request.body())
     model = validate(endpoint, payload)
-    result = await forward(
-        gw,
-        principal,
-        endpoint,
-        model,
-        payload,
-        request.state.request_id,
-        request.headers.get(RESIDENCY_HEADER),
-    )
+    # Until the answer starts, nothing else listens to the client: watch for it leaving, and
+    # cancel the upstream call (and its retries) at once instead of finishing for nobody.
+    handler = asyncio.current_task()
+    assert handler is not None
+    watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(request, handler))
+    try:
+        result = await forward(
+            gw,
+            principal,
+            endpoint,
+            model,
+            payload,
+            request.state.request_id,
+            request.headers.get(RESIDENCY_HEADER),
+        )
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            handler.uncancel()  # our own cancellation: the client is gone, nobody reads this
+            return Response(status_code=CLIENT_CLOSED)
+        raise
+    finally:
+        watcher.cancel()
     return render(result)
+
+
+async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[object]) -> None:
+    """Cancel `handler` when the client disconnects (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    handler.cancel()
 
 
 class _ClosingStream(StreamingResponse):
