@@ -148,8 +148,11 @@ def routing_file(path: Path, mistral_url: str, vllm_url: str, dead_port: int) ->
                 "jurisdiction": "us",
                 "models": {"dead-model": "dead-model"},
                 "timeouts": {"connect_s": 1, "read_s": 1, "total_s": 5},
+                # No active checks: they would take it out after two failed probes (then a
+                # request gets 503 no_deployment_available), and test_unreachable wants the 502.
+                "health": {"enabled": False},
             },
-        ]
+        ],
     }
     path.write_text(yaml.safe_dump(config))
     return path
@@ -169,6 +172,15 @@ def gateway_server(env: Mapping[str, str], log: Path) -> Iterator[str]:
     args = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
     with process(args, env, port, log):
         yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def gateway_process(env: Mapping[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Like `gateway_server`, and also yields the process (to send it signals)."""
+    port = free_port()
+    args = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+    with process(args, env, port, log) as proc:
+        yield f"http://127.0.0.1:{port}", proc
 
 
 def base_env() -> dict[str, str]:
