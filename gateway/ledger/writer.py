@@ -70,9 +70,10 @@ class LedgerWriter:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(self.max_backoff_s, backoff_s * 2)
 
-    async def write_batch(self) -> int:
+    async def write_batch(self, block_s: float | None = None) -> int:
         """Read, write and ack one batch; returns how many entries it held."""
-        entries = await self.journal.read(self.batch_size, self.block_s)
+        wait_s = self.block_s if block_s is None else block_s
+        entries = await self.journal.read(self.batch_size, wait_s)
         if not entries:
             return 0
         records: list[UsageRecord] = []
@@ -101,7 +102,7 @@ class LedgerWriter:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while asyncio.get_running_loop().time() < deadline:
             try:
-                if await self.write_batch() == 0:
+                if await self.write_batch(block_s=0.01) == 0:
                     return True
             except (JournalUnavailable, Exception) as exc:
                 log.warning("ledger flush interrupted: %s", exc)

@@ -36,8 +36,15 @@ from typing import Any
 
 import orjson
 from mistral_common.protocol.fim.request import FIMRequest
+from mistral_common.protocol.instruct.messages import (
+    AssistantMessage,
+    SystemMessage,
+    ToolMessage,
+    UserMessage,
+)
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
 TEKKEN_V3 = "tekken-v3"
 
@@ -156,6 +163,7 @@ class ModelTokenizer:
         self.exact = exact
         self._tokenizer = tokenizer
         self._raw = tokenizer.instruct_tokenizer.tokenizer
+        _speed_up_tekken(self._raw)
         self._chat_cache: OrderedDict[bytes, TokenCount] = OrderedDict()
         self._lock = threading.Lock()
         self._words: tuple[str, ...] | None = None
@@ -182,12 +190,48 @@ class ModelTokenizer:
     ) -> TokenCount:
         try:
             request = ChatCompletionRequest.from_openai(messages, tools=tools)
-            tokens = len(self._tokenizer.encode_chat_completion(request).tokens)
+            tokens = self._count_request(request)
         # mistral-common raises its own exceptions, pydantic errors, AssertionError and
         # ValueError for requests it refuses; every one of them means "estimate instead".
         except Exception:
             return TokenCount(self._estimate_chat(messages, tools), exact=False)
         return TokenCount(tokens, exact=self.exact)
+
+    def _count_request(self, request: ChatCompletionRequest) -> int:
+        """`len(encode_chat_completion(request).tokens)`, without the work counting does not
+        need: mistral-common ends every encode by decoding the tokens back to text (half of
+        its cost). Same validation, normalisation and per-message encoders, in the same order
+        as `InstructTokenizerBase.encode_instruct`; a unit test holds the two equal."""
+        tokenizer = self._tokenizer
+        validated = tokenizer._chat_completion_request_validator.validate_request(request)
+        instruct = tokenizer._instruct_request_normalizer.from_chat_completion_request(validated)
+        encoder = tokenizer.instruct_tokenizer
+        encoder.validate_messages(instruct.messages)
+        first_user, last_user = encoder.find_first_last_user(instruct)
+        total = len(encoder.start())
+        for index, message in enumerate(instruct.messages):
+            if isinstance(message, UserMessage):
+                tokens = encoder.encode_user_message(
+                    message,
+                    instruct.available_tools,
+                    index == last_user,
+                    index == first_user,
+                    system_prompt=instruct.system_prompt,
+                    force_img_first=True,
+                    settings=instruct.settings,
+                )[0]
+            elif isinstance(message, ToolMessage):
+                tokens = encoder.encode_tool_message(message, index < last_user)[0]
+            elif isinstance(message, AssistantMessage):
+                tokens = encoder.encode_assistant_message(
+                    message=message, is_before_last_user_message=index < last_user
+                )
+            elif isinstance(message, SystemMessage):
+                tokens = encoder.encode_system_message(message)[0]
+            else:
+                raise TypeError(f"unknown message type {type(message).__name__}")
+            total += len(tokens) if tokens is not None else 0
+        return total
 
     def _estimate_chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
@@ -240,6 +284,29 @@ class ModelTokenizer:
                 raise RuntimeError(f"no stable single-token words for tokenizer {self.family}")
             self._words = words
         return self._words
+
+
+def _speed_up_tekken(raw: object) -> None:
+    """Give a Tekkenizer a faster `encode` with the same result (tested equal): it reads
+    `num_special_tokens` once per call, not once per token (a property lookup that was half of
+    the encode), and skips tiktoken's special-token scan when there is nothing to find."""
+    if not isinstance(raw, Tekkenizer) or "encode" in vars(raw):
+        return
+    model, offset = raw._model, raw.num_special_tokens
+    bos_id, eos_id = raw.bos_id, raw.eos_id
+    # With no special tokens in the BPE model (Tekken keeps them apart), tiktoken's encode is
+    # encode_ordinary plus a scan for specials that cannot match: skip the scan (3.5x faster).
+    bpe = model.encode_ordinary if not model.special_tokens_set else model.encode
+
+    def encode(s: str, bos: bool, eos: bool) -> list[int]:
+        tokens = [t + offset for t in bpe(s)]
+        if bos:
+            tokens.insert(0, bos_id)
+        if eos:
+            tokens.append(eos_id)
+        return tokens
+
+    raw.encode = encode  # type: ignore[method-assign]
 
 
 def _collect_strings(value: Any, out: list[str]) -> int:

@@ -6,6 +6,8 @@ import importlib.util
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mistral_common.protocol.fim.request import FIMRequest
 from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
@@ -214,3 +216,63 @@ def test_sample_text_is_deterministic_per_seed() -> None:
     counter = TokenCounter.for_model("mistral-small-latest")
     assert counter.sample_text(20, "a") == counter.sample_text(20, "a")
     assert counter.sample_text(20, "a") != counter.sample_text(20, "b")
+
+
+_FRESH: dict[str, Any] = {}
+
+
+def _reference(family_loader: str) -> Any:
+    """A freshly loaded, unmodified mistral-common tokenizer (the gateway speeds up its own)."""
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    if family_loader not in _FRESH:
+        _FRESH[family_loader] = {
+            "tekken": lambda: MistralTokenizer.v3(is_tekken=True),
+            "spm-v7": MistralTokenizer.v7,
+        }[family_loader]()
+    return _FRESH[family_loader]
+
+
+_PIECES = [*"ab c\n\t.é漢🙂", "<s>", "[INST]", "</s>", "[/INST]", " the", "\n\n"]
+_TEXT = st.lists(st.sampled_from(_PIECES), min_size=1, max_size=40).map("".join)
+
+
+@st.composite
+def _conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if draw(st.booleans()):
+        messages.append({"role": "system", "content": draw(_TEXT)})
+    for _ in range(draw(st.integers(0, 3))):
+        messages.append({"role": "user", "content": draw(_TEXT)})
+        messages.append({"role": "assistant", "content": draw(_TEXT)})
+    messages.append({"role": "user", "content": draw(_TEXT)})
+    return messages
+
+
+_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "loader"), [("mistral-small-latest", "tekken"), ("mistral-large-2411", "spm-v7")]
+)
+@settings(max_examples=60, deadline=None)
+@given(messages=_conversations(), with_tools=st.booleans())
+def test_the_fast_count_equals_mistral_commons_full_encode(
+    model: str, loader: str, messages: list[dict[str, Any]], with_tools: bool
+) -> None:
+    """The gateway's count (no decode, faster Tekken encode) is mistral-common's exactly."""
+    if loader.startswith("spm") and importlib.util.find_spec("sentencepiece") is None:
+        pytest.skip("sentencepiece not installed")
+    tools = _TOOLS if with_tools else None
+    counted = TokenCounter.for_model(model).count_chat(messages, tools)
+    request = ChatCompletionRequest.from_openai(messages, tools=tools)
+    assert counted.tokens == len(_reference(loader).encode_chat_completion(request).tokens)
