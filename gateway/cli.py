@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import budget_commands
+from gateway import budget_commands, statement_commands
 from gateway.config import ConfigError, GatewayConfig, SimulatorConfig, load_config
 from gateway.errors import GatewayError
 from gateway.ledger.commands import run_ledger_writer, run_reconcile
@@ -372,6 +372,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("migrate", help="upgrade the database schema to the newest version")
     budget_commands.add_parser(commands)
+    statement_commands.add_parser(commands)
     ledger = commands.add_parser("ledger", help="run a ledger writer (production mode)")
     ledger.add_argument("--config", type=Path, help="routing file (YAML): its list prices")
     reconcile = commands.add_parser(
@@ -482,6 +483,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         migrate(settings)
     elif args.command == "budgets":
         print(asyncio.run(budget_commands.run(settings, args)))
+    elif args.command == "statement":
+        asyncio.run(statement_commands.run(settings, args))
     elif args.command == "ledger":
         asyncio.run(run_ledger_writer(settings, _load(settings)))
     elif args.command == "reconcile":
