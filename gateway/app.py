@@ -105,6 +105,8 @@ def create_app(
                 settings.admin_token.get_secret_value() if settings.admin_token else None
             ),
             invalidator=invalidator,
+            served_counts=pipeline.served_counts,
+            pending_usage=pipeline.pending_payloads,
         )
         app.state.redis_probe = pubsub_client
         app.state.metrics_state = metrics.StateCollector(

@@ -4,11 +4,33 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from gateway.admin import keys, tenants
+from gateway.admin import (
+    admin_tokens,
+    audit_log,
+    budgets,
+    keys,
+    limits,
+    prices,
+    reconciliation,
+    statements_api,
+    tenants,
+    usage,
+)
 from gateway.admin.api import READERS, Call, Operation, Reply, mount
 from gateway.admin.openapi import build_openapi
 
-RESOURCES = (tenants, keys)
+RESOURCES = (
+    tenants,
+    keys,
+    limits,
+    budgets,
+    prices,
+    usage,
+    audit_log,
+    admin_tokens,
+    reconciliation,
+    statements_api,
+)
 
 
 def operations() -> list[Operation]:

@@ -3,11 +3,13 @@ assignment). Handlers validate with them and `openapi.py` documents them, so bot
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from gateway.limits.budget import format_amount
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
 Residency = Literal["eu", "any"]
@@ -18,6 +20,20 @@ class Strict(BaseModel):
     """Base of every request model: unknown fields are an error."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+MICROS = 1_000_000
+
+
+def amount_of(micros: int) -> Decimal:
+    """Micro-units as the decimal the API speaks, without trailing zeros: 120000 -> 0.12."""
+    text = format_amount(micros)
+    return Decimal(text.rstrip("0").rstrip("."))
+
+
+def micros_of(amount: Decimal) -> int:
+    """A decimal exact to the micro-unit (the schemas allow 6 places) as micro-units."""
+    return int(amount * MICROS)
 
 
 class Page(Strict):
@@ -102,11 +118,20 @@ class KeyPage(BaseModel):
 # --- limits ----------------------------------------------------------------------------------
 
 
+def _burst_needs_rate(burst: int | None, info: ValidationInfo) -> int | None:
+    rate = (info.field_name or "").removesuffix("_burst")
+    if burst is not None and info.data.get(rate) is None:
+        raise ValueError(f"a burst needs {rate} as well")
+    return burst
+
+
 class ModelLimits(Strict):
     rpm: Count | None = None
     tpm: Count | None = None
     rpm_burst: Count | None = None
     tpm_burst: Count | None = None
+
+    check_bursts = field_validator("rpm_burst", "tpm_burst")(_burst_needs_rate)
 
 
 class Limits(Strict):
@@ -118,6 +143,8 @@ class Limits(Strict):
     tpm_burst: Count | None = None
     concurrency: Count | None = None
     models: dict[Name, ModelLimits] = Field(default_factory=dict, max_length=1000)
+
+    check_bursts = field_validator("rpm_burst", "tpm_burst")(_burst_needs_rate)
 
 
 # --- budgets ---------------------------------------------------------------------------------
@@ -164,7 +191,7 @@ class PriceCreate(Strict):
     currency: Currency = "EUR"
     input_per_mtok: PerMillion
     output_per_mtok: PerMillion = Decimal(0)
-    effective_from: datetime
+    effective_from: AwareDatetime = Field(description="With a time zone, e.g. ...T00:00:00Z.")
 
 
 class Price(BaseModel):
@@ -204,6 +231,26 @@ class UsageQuery(Strict):
         description="Comma-separated: model, deployment, day, month.",
     )
 
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """A time without a zone is UTC."""
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, end: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("start")
+        if end is not None and start is not None and end <= start:
+            raise ValueError("end must be after start")
+        return end
+
+    def dimensions(self) -> list[str]:
+        """`group_by` as a list, each dimension once, in the order given."""
+        return list(dict.fromkeys(self.group_by.split(",")))
+
 
 class UsageRow(BaseModel):
     tenant_id: str
@@ -211,7 +258,7 @@ class UsageRow(BaseModel):
     deployment: str | None = None
     day: str | None = None
     month: str | None = None
-    currency: str
+    currency: str | None = Field(description="None for requests that had no price in force.")
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -242,8 +289,8 @@ class AuditEntry(BaseModel):
     resource_type: str
     resource_id: str
     tenant_id: str | None
-    before: dict | None
-    after: dict | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
 
 
 class AuditPage(BaseModel):

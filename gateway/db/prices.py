@@ -90,3 +90,16 @@ async def seed_prices(session: AsyncSession, entries: Iterable[PriceEntry], now:
         )
         added += 1
     return added
+
+
+async def find_price(
+    session: AsyncSession, *, model: str, deployment: str, effective_from: datetime
+) -> Price | None:
+    """The version of (model, deployment) starting at `effective_from`, if there is one."""
+    return await session.scalar(
+        select(Price).where(
+            Price.model == model,
+            Price.deployment == deployment,
+            Price.effective_from == effective_from,
+        )
+    )

@@ -134,3 +134,35 @@ async def rows_per_hour(session: AsyncSession, since: datetime, until: datetime)
         .group_by(hour)
     )
     return {str(h): int(n) for h, n in result.all()}
+
+
+ROLLUP_KEYS = ("model", "deployment", "day")
+SUMMED = ("requests", "prompt_tokens", "completion_tokens", "cost_micros", "unpriced_requests")
+
+
+async def usage_totals(
+    session: AsyncSession,
+    first_day: date,
+    end_day: date,
+    *,
+    keys: Sequence[str],
+    tenant_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """`usage_daily` summed over days [first_day, end_day) per tenant, `keys` (any of
+    `ROLLUP_KEYS`) and currency, in that order; one dict per group with the `SUMMED` totals."""
+    groups = [
+        UsageDaily.tenant_id,
+        *(getattr(UsageDaily, k) for k in keys if k in ROLLUP_KEYS),
+        UsageDaily.currency,
+    ]
+    statement = (
+        select(*groups, *(func.sum(getattr(UsageDaily, n)).label(n) for n in SUMMED))
+        .where(UsageDaily.day >= first_day, UsageDaily.day < end_day)
+        .group_by(*groups)
+        .order_by(*groups)
+    )
+    if tenant_id is not None:
+        statement = statement.where(UsageDaily.tenant_id == tenant_id)
+    rows = (await session.execute(statement)).mappings().all()
+    # Postgres sums BIGINT as NUMERIC: back to int.
+    return [{k: int(v) if k in SUMMED else v for k, v in row.items()} for row in rows]

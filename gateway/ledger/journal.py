@@ -80,6 +80,10 @@ class MemoryJournal:
         for entry_id in ids:
             self._pending.pop(entry_id, None)
 
+    def pending_payloads(self) -> list[bytes]:
+        """Records appended but not yet acknowledged by the writer (for reconciliation)."""
+        return list(self._pending.values()) + [payload for _, payload in self._queue]
+
     def drain(self) -> list[bytes]:
         """Take every unacked payload out (shutdown: they go to the spool file)."""
         payloads = list(self._pending.values()) + [payload for _, payload in self._queue]

@@ -91,6 +91,7 @@ class LedgerPipeline:
                 read_client,
                 key_prefix=settings.redis_key_prefix,
                 consumer=f"{socket.gethostname()}-{os.getpid()}",
+                reclaim_idle_s=settings.ledger_reclaim_idle_s,
             )
         runs = settings.ledger_writer if run_writer is None else run_writer
         self.writer = (
@@ -139,6 +140,18 @@ class LedgerPipeline:
     def _spawn(self, coroutine: object, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))  # type: ignore[arg-type]
 
+    async def served_counts(self) -> dict[str, int]:
+        """Hour -> records the journal counted as served (reconciliation)."""
+        if self.memory is not None:
+            return dict(self.memory.served)
+        return await self.stream.served()
+
+    async def pending_payloads(self) -> list[bytes]:
+        """Records appended, not yet in the ledger (reconciliation)."""
+        if self.memory is not None:
+            return self.memory.pending_payloads()
+        return await self.stream.pending_payloads()
+
     async def refresh_prices(self) -> None:
         """Load every price version into a new book."""
         async with self.sessions() as session:
@@ -159,6 +172,8 @@ class LedgerPipeline:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.writer is not None:
+            await self.writer.finish(flush_timeout_s)  # the batch it was writing, if any
         if self.writer is not None and self.memory is not None:
             await self.writer.flush(flush_timeout_s)
         if self.memory is not None:
