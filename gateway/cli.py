@@ -95,6 +95,9 @@ def serve(settings: Settings, config: GatewayConfig) -> None:
             log_level=settings.log_level.lower(),
             access_log=False,
             timeout_graceful_shutdown=25,
+            # Longer than load balancers' idle timeouts (60 s): the client side closes first,
+            # so a client never reuses a connection the gateway has just dropped.
+            timeout_keep_alive=75,
         )
     finally:
         if simulator is not None:

@@ -35,6 +35,8 @@ from gateway.limits.limiter import (
     refill,
 )
 
+SWEEP_GRACE_MS = 60_000
+
 
 @dataclass(slots=True)
 class _Level:
@@ -139,7 +141,10 @@ class MemoryLimiter:
         if self._last_sweep_ms is not None and now - self._last_sweep_ms < self._sweep_interval_ms:
             return
         self._last_sweep_ms = now
-        for key in [k for k, level in self._levels.items() if level.full_at_ms <= now]:
+        # A grace after "full": a caller whose now_ms is a little behind (another replica's
+        # clock) must still find the bucket, not read a forgotten one as full.
+        stale = now - SWEEP_GRACE_MS
+        for key in [k for k, level in self._levels.items() if level.full_at_ms <= stale]:
             del self._levels[key]
         for tenant in list(self._leases):
             live = self._live_leases(tenant, now)

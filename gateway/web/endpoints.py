@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -23,7 +23,11 @@ from gateway.web.wire import parse_json_object, validate
 async def _proxy(request: Request, endpoint: Endpoint) -> Response:
     gw: Gateway = request.app.state.gateway
     principal = await gw.auth.authenticate(request.headers.get("authorization"))
-    payload = parse_json_object(await request.body())
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # gone while sending the body: nothing was admitted
+        return Response(status_code=CLIENT_CLOSED)
+    payload = parse_json_object(body)
     model = validate(endpoint, payload)
     # Until the answer starts, nothing else listens to the client: watch for it leaving, and
     # cancel the upstream call (and its retries) at once instead of finishing for nobody.

@@ -146,9 +146,14 @@ async def _client(
     while time.monotonic() < deadline:
         turn += 1
         sent = time.monotonic()
-        response = await client.post(
-            f"{urls[turn % 2]}/v1/chat/completions", json=_body(rng, varied=varied), headers=headers
-        )
+        try:
+            response = await client.post(
+                f"{urls[turn % 2]}/v1/chat/completions",
+                json=_body(rng, varied=varied),
+                headers=headers,
+            )
+        except httpx.TransportError:  # connection lost: an unseen admission can only lower "least"
+            continue
         received = time.monotonic()
         if response.status_code == 200:
             out.times.append((sent + received) / 2)
