@@ -1,6 +1,7 @@
 """The route table, and nothing else. Every `/v1` route authenticates the tenant itself, every
-`/admin/v1` route an admin token; only the health probes and `/metrics` are open (expose
-`/metrics` to the cluster network only: it names tenants and models)."""
+`/admin/v1` route an admin token; only the health probes, `/metrics` (expose it to the cluster
+network only: it names tenants and models) and the static cost page `/finance` are open (the page
+holds no data: it calls `/admin/v1` with the user's token)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from starlette.routing import Mount, Route
 
 from gateway.admin.routes import admin_routes
 from gateway.web.endpoints import chat_completions, embeddings, fim_completions
+from gateway.web.finance import finance_routes
 from gateway.web.model_list import list_models, retrieve_model
 from gateway.web.ops import healthz, metrics_endpoint, readyz
 
@@ -18,6 +20,7 @@ def routes() -> list[Route | Mount]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *finance_routes(),
         Mount("/admin/v1", routes=admin_routes()),
         Mount(
             "/v1",
