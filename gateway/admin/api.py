@@ -27,7 +27,7 @@ from starlette.routing import Route
 from gateway.admin.auth import ADMIN, FINANCE, AdminActor, authenticate_admin, require_role
 from gateway.admin.invalidation import Invalidator
 from gateway.clock import Clock
-from gateway.errors import ClientError, InvalidRequest, MethodNotAllowed
+from gateway.errors import ClientError, InvalidRequest, MethodNotAllowed, NotFound
 
 ADMIN_ONLY = frozenset({ADMIN})
 READERS = frozenset({ADMIN, FINANCE})
@@ -183,6 +183,16 @@ def _parse(model: type[BaseModel], data: Any, where: str) -> BaseModel:
         raise ValidationFailed(exc, where) from None
 
 
+def _refuse_nul(request: Request) -> None:
+    """No id or query value holds a NUL character, and Postgres text cannot store one: refuse
+    it here (404 for an id, 422 for a query value) rather than fail in the database."""
+    if any("\x00" in value for value in request.path_params.values()):
+        raise NotFound("No such resource (an id never contains a NUL character).")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value:
+            raise Unprocessable(f"{name}: may not contain a NUL character.", param=name)
+
+
 def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         services: AdminServices = request.app.state.admin  # built by the app's lifespan
@@ -195,6 +205,7 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
                     pepper=services.pepper,
                 )
                 require_role(actor, operation.roles)
+                _refuse_nul(request)
                 query = None
                 if operation.query is not None:
                     query = _parse(operation.query, dict(request.query_params), "query")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway.admin.api import Operation
 
@@ -45,12 +45,18 @@ _ERROR_TEXT = {
 
 def build_openapi(operations: Sequence[Operation], *, prefix: str = "/admin/v1") -> dict[str, Any]:
     """The document, as a JSON-ready dict."""
-    models: dict[type[BaseModel], None] = {ErrorBody: None}
+    # Bodies as they are validated, responses as they are serialized (e.g. a Decimal is sent
+    # as a string); a model whose two forms differ gets two schemas (`-Input`, `-Output`).
+    wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {
+        (ErrorBody, "serialization"): None
+    }
     for op in operations:
-        for model in (op.body, op.response):
-            if model is not None:
-                models[model] = None
-    _, schemas = models_json_schema([(model, "validation") for model in models], ref_template=REF)
+        if op.body is not None:
+            wanted[(op.body, "validation")] = None
+        if op.response is not None:
+            wanted[(op.response, "serialization")] = None
+    refs, schemas = models_json_schema(list(wanted), ref_template=REF)
+    error_ref = refs[(ErrorBody, "serialization")]
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         path = _PARAM.sub(r"{\1}", prefix + op.path)
@@ -76,7 +82,7 @@ def build_openapi(operations: Sequence[Operation], *, prefix: str = "/admin/v1")
         else:
             content: dict[str, Any] = {
                 "application/json": {
-                    "schema": {"$ref": REF.format(model=op.response.__name__)}
+                    "schema": refs[(op.response, "serialization")]
                     if op.response is not None
                     else {"type": "object"}
                 }
@@ -90,9 +96,7 @@ def build_openapi(operations: Sequence[Operation], *, prefix: str = "/admin/v1")
         for code in sorted(error_codes):
             responses[str(code)] = {
                 "description": _ERROR_TEXT.get(code, "Error"),
-                "content": {
-                    "application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}
-                },
+                "content": {"application/json": {"schema": error_ref}},
             }
         operation: dict[str, Any] = {
             "summary": op.summary,
@@ -105,9 +109,7 @@ def build_openapi(operations: Sequence[Operation], *, prefix: str = "/admin/v1")
         if op.body is not None:
             operation["requestBody"] = {
                 "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": REF.format(model=op.body.__name__)}}
-                },
+                "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
             }
         paths.setdefault(path, {})[op.method.lower()] = operation
     return {
@@ -130,5 +132,13 @@ def build_openapi(operations: Sequence[Operation], *, prefix: str = "/admin/v1")
 
 
 def _inline(prop: dict[str, Any]) -> dict[str, Any]:
-    """A query parameter's schema without pydantic's titles."""
-    return {k: v for k, v in prop.items() if k not in ("title",)}
+    """A query parameter's schema without pydantic's titles, nor the `null` of an optional
+    field (a query value is a string or absent, never null)."""
+    schema = {k: v for k, v in prop.items() if k != "title"}
+    options = [o for o in schema.get("anyOf", ()) if o != {"type": "null"}]
+    if "anyOf" in schema and len(options) == 1:
+        del schema["anyOf"]
+        schema |= options[0]
+    if schema.get("default", ...) is None:
+        del schema["default"]
+    return schema

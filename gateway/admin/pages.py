@@ -6,7 +6,7 @@ and opaque to clients. A tampered cursor is a 422, not a 500."""
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -18,6 +18,7 @@ from gateway.admin.schemas import Page
 from gateway.errors import InvalidRequest
 
 Row = TypeVar("Row")
+MAX_ID = 2**31  # integer ids are 32-bit columns
 
 
 class BadCursor(InvalidRequest):
@@ -36,10 +37,25 @@ def _decode(cursor: str, is_time: bool) -> tuple[Any, Any]:
         padded = cursor + "=" * (-len(cursor) % 4)
         sort_value, row_id = orjson.loads(base64.urlsafe_b64decode(padded))
         if is_time:
+            # (time, string id) as `_encode` wrote it; aware and in range, or the column's
+            # converter would fail in the database layer (a 500, not a 422).
             sort_value = datetime.fromisoformat(sort_value)
+            if sort_value.utcoffset() is None or not _is_text_id(row_id):
+                raise ValueError("not a (time, id) cursor")
+            sort_value = sort_value.astimezone(UTC)
+        elif not (_is_int(sort_value) and _is_int(row_id)):
+            raise ValueError("not an (id, id) cursor")
         return sort_value, row_id
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise BadCursor("cursor: not a cursor this API returned.", param="cursor") from None
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int and abs(value) < MAX_ID
+
+
+def _is_text_id(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" not in value
 
 
 async def paginate(

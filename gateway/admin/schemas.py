@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from gateway.limits.budget import format_amount
 
@@ -55,13 +64,14 @@ class TenantCreate(Strict):
 
 
 class TenantUpdate(Strict):
-    """PATCH: only the fields sent change."""
+    """PATCH: only the fields sent change. `name`, `residency` and `status` may be left out
+    but not set to null (documented without null; the handler refuses it with a 422)."""
 
-    name: Name | None = None
-    residency: Residency | None = None
+    name: Name | SkipJsonSchema[None] = None
+    residency: Residency | SkipJsonSchema[None] = None
     allowed_models: list[Name] | None = Field(default=None, max_length=1000)
     default_output_tokens: Count | None = None
-    status: Literal["active", "suspended"] | None = None
+    status: Literal["active", "suspended"] | SkipJsonSchema[None] = None
 
 
 class Tenant(BaseModel):
@@ -150,7 +160,19 @@ class Limits(Strict):
 # --- budgets ---------------------------------------------------------------------------------
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-Amount = Annotated[Decimal, Field(ge=0, le=Decimal("1000000000"), decimal_places=6)]
+
+
+def _decimal_doc(whole: str) -> WithJsonSchema:
+    """How a request documents a decimal: a string of at most 6 places, up to `whole`
+    (pydantic alone would document any string; a JSON number is still accepted)."""
+    places = r"(\.\d{1,6})?"
+    pattern = rf"^(\d{{1,{len(whole) - 1}}}{places}|{whole}(\.0{{1,6}})?)$"
+    return WithJsonSchema({"type": "string", "pattern": pattern}, mode="validation")
+
+
+Amount = Annotated[
+    Decimal, Field(ge=0, le=Decimal("1000000000"), decimal_places=6), _decimal_doc("1000000000")
+]
 
 
 class BudgetBody(Strict):
@@ -182,16 +204,27 @@ class Budget(BaseModel):
 
 # --- prices ----------------------------------------------------------------------------------
 
-PerMillion = Annotated[Decimal, Field(ge=0, le=Decimal("1000000"), decimal_places=6)]
+PerMillion = Annotated[
+    Decimal, Field(ge=0, le=Decimal("1000000"), decimal_places=6), _decimal_doc("1000000")
+]
 
 
 class PriceCreate(Strict):
     model: Name
-    deployment: Annotated[str, Field(max_length=64)] = ""
+    deployment: Annotated[str, Field(max_length=64, pattern=r"^[^\x00-\x1f]*$")] = ""
     currency: Currency = "EUR"
     input_per_mtok: PerMillion
     output_per_mtok: PerMillion = Decimal(0)
     effective_from: AwareDatetime = Field(description="With a time zone, e.g. ...T00:00:00Z.")
+
+    @field_validator("effective_from")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        """Stored in UTC: a time whose UTC date falls outside years 1-9999 is refused."""
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("must lie between years 1 and 9999 in UTC") from None
 
 
 class Price(BaseModel):

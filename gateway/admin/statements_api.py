@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import re
 from datetime import datetime
 from decimal import Decimal
 
@@ -33,6 +34,7 @@ OFFERS = (JSON, CSV, HTML)  # in order of preference when the client weighs them
 STATEMENT_STYLE_SOURCE = (
     f"'sha256-{base64.b64encode(hashlib.sha256(STATEMENT_CSS.encode()).digest()).decode()}'"
 )
+FIRST_MONTH, LAST_MONTH = "0001-01", "9999-11"  # a statement's [start, end) fits in datetime
 HTML_POLICY = f"default-src 'none'; style-src {STATEMENT_STYLE_SOURCE}; frame-ancestors 'none'"
 
 
@@ -167,6 +169,10 @@ def _providers(call: Call) -> dict[str, str]:
 
 async def get_statement(call: Call) -> Reply:
     tenant_id, month = call.params["tenant_id"], call.params["month"]
+    if re.fullmatch(r"\d{4}-\d{2}", month) and not FIRST_MONTH <= month <= LAST_MONTH:
+        # A well-formed month whose bounds Python's datetime cannot hold (year 0, or 10000).
+        raise Unprocessable(f"month must lie between {FIRST_MONTH} and {LAST_MONTH}, not "
+                            f"{month!r}.", param="month")  # fmt: skip
     try:
         statement = await statements.build_statement(
             call.session, tenant_id, month, providers=_providers(call)

@@ -5,6 +5,7 @@ propagated to every replica's principal cache at once (`Invalidator`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -14,6 +15,7 @@ from gateway.admin.audit import audit
 from gateway.admin.pages import paginate
 from gateway.admin.schemas import Page, Tenant, TenantCreate, TenantPage, TenantUpdate
 from gateway.db import tables
+from gateway.db.keys import list_keys
 from gateway.db.tenants import get_tenant_by_name
 from gateway.errors import NotFound
 
@@ -40,11 +42,18 @@ async def load_tenant(call: Call, tenant_id: str | None = None) -> tables.Tenant
     return row
 
 
-def propagate(call: Call, tenant_id: str) -> None:
-    """After commit: drop the tenant's cached principals on every replica."""
+def propagate(call: Call, tenant_id: str, key_hashes: Sequence[str] = ()) -> None:
+    """After commit: drop the tenant's cached principals on every replica (and the cached
+    results of `key_hashes`, which a tenant-wide invalidation does not reach)."""
     invalidator = call.services.invalidator
     if invalidator is not None:
-        call.after_commit.append(lambda: invalidator.publish(tenant=tenant_id))
+
+        async def publish() -> None:
+            await invalidator.publish(tenant=tenant_id)
+            for key_hash in key_hashes:
+                await invalidator.publish(key_hash=key_hash)
+
+        call.after_commit.append(publish)
 
 
 def _dump(tenant: Tenant) -> dict[str, Any]:
@@ -105,7 +114,12 @@ async def update_tenant(call: Call) -> Reply:
         call.session, call.actor, "tenant.update", "tenant", row.id,
         now=call.now, tenant_id=row.id, before=_dump(before), after=_dump(after),
     )  # fmt: skip
-    propagate(call, row.id)
+    # A suspended tenant's keys are cached as refusals, which carry no tenant: reactivating
+    # it must drop them key by key, or every replica refuses them until the cache TTL.
+    refused: list[str] = []
+    if before.status != "active" and after.status == "active":
+        refused = [key.key_hash for key in await list_keys(call.session, row.id)]
+    propagate(call, row.id, refused)
     return Reply(after, etag=True)
 
 

@@ -96,14 +96,19 @@ def render_csv(report: UsageReport) -> bytes:
 async def usage_report(call: Call) -> Reply:
     query: UsageQuery = call.query
     end = query.end or call.now
-    start = query.start or end - DEFAULT_WINDOW
+    try:
+        start = query.start or end - DEFAULT_WINDOW
+        first_day, end_day = _day_span(start, end)
+    except OverflowError:  # the default start, or a whole UTC day, before year 1 or after 9999
+        raise Unprocessable(
+            "start and end must lie within years 1-9999 (UTC, whole days)."
+        ) from None
     if end <= start:
         raise Unprocessable("end must be after start (start defaults to 30 days before end).",
                             param="end")  # fmt: skip
     dimensions = query.dimensions()
     months_only = "month" in dimensions and "day" not in dimensions
     keys = [d for d in dimensions if d != "month"] + (["day"] if months_only else [])
-    first_day, end_day = _day_span(start, end)
     groups = await usage_totals(
         call.session, first_day, end_day, keys=keys, tenant_id=query.tenant_id
     )
