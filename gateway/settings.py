@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="Run a ledger writer in each gateway process (else run `gateway ledger`).",
     )
     ledger_batch_size: int = Field(default=500, gt=0, description="Rows per ledger transaction.")
+    ledger_reclaim_idle_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A writer's unacknowledged batch left idle this long is taken over by "
+        "another writer (the first is presumed dead).",
+    )
     price_refresh_s: float = Field(
         default=30.0, gt=0, description="How often the in-memory price book is reloaded."
     )

@@ -54,6 +54,19 @@ def redis_client(settings: Settings, *, timeout_s: float) -> Redis | RedisCluste
     return Redis.from_url(settings.redis_url, **options, retry=retry)
 
 
+async def _wait_cancelled(task: asyncio.Task[None]) -> None:
+    """Wait for a cancelled `task` to end, cancelling it again while it carries on. One cancel
+    is not enough on Python 3.11: `asyncio.wait_for` (redis-py sends every command through it;
+    `MemoryJournal.read` waits with it) swallows a cancellation that arrives just as its inner
+    operation finishes, and the task then runs on as if never cancelled."""
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.1)
+        if not task.done():
+            task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()  # retrieved: a failure was logged by the task itself
+
+
 class LedgerPipeline:
     """Journal (append side), writer (read side), spool and price catalog of one process."""
 
@@ -170,8 +183,7 @@ class LedgerPipeline:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await _wait_cancelled(task)  # before, a swallowed cancel hung shutdown here
         if self.writer is not None:
             await self.writer.finish(flush_timeout_s)  # the batch it was writing, if any
         if self.writer is not None and self.memory is not None:

@@ -2,11 +2,13 @@
 
 When Redis is down, `SpoolingJournal` writes each record as one line to this process's spool
 file instead (in embedded mode, records still queued at shutdown go there too). A replayer
-moves them into the journal once it answers: each spool file is first claimed by an atomic
-rename, so several processes sharing the directory (or a restarted one) never replay a file
-twice at the same time; lines already replayed when replay fails are dropped from the file,
-the rest wait for the next try. A record replayed twice is harmless: the writer inserts with
-ON CONFLICT DO NOTHING on `request_id`.
+moves them into the journal once it answers: each spool file is locked (flock) by the process
+writing it, and a replayer claims only an unlocked file, by an atomic rename, so several
+processes sharing the directory (`serve --workers N`, or a restarted one) never take a file
+still being written nor replay one twice at the same time (a file a dead replayer had claimed
+is taken over). Lines already replayed when replay fails are dropped from the file, the rest
+wait for the next try. A record replayed twice is harmless: the writer inserts with ON
+CONFLICT DO NOTHING on `request_id`.
 
 Failure mode: writes are flushed to the OS at once (a killed process loses nothing) and
 fsynced by `sync()` about once a second (a machine crash can lose the last second of a Redis
@@ -17,6 +19,7 @@ loses one.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -30,6 +33,18 @@ from gateway.observability import metrics
 log = logging.getLogger("gateway.ledger")
 
 SPOOL_GLOB = "usage-spool-*.jsonl"
+CLAIMED_GLOB = "usage-spool-*.replaying-*"  # being replayed, or left by a replayer that died
+
+
+def _lock(file: IO[bytes]) -> bool:
+    """Take the file's exclusive lock without waiting; False when another process holds it.
+    A spool file is locked by the process writing or replaying it for as long as it has it
+    open (the kernel drops the lock when that process dies)."""
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 class FileSpool:
@@ -45,13 +60,23 @@ class FileSpool:
     def append(self, payload: bytes) -> None:
         """Write one record (a single JSON line) and flush it to the OS."""
         if self._file is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("ab")
+            self._file = self._open()
         self._file.write(payload + b"\n")
         self._file.flush()
         self._dirty = True
         self.spooled += 1
         metrics.SPOOLED.inc()
+
+    def _open(self) -> IO[bytes]:
+        """A new file, locked before it takes a name the replayers look for."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        while self.path.exists():  # never append to a file that may already be claimed
+            self.path = self.path.with_name(f"{self.path.stem}-{self.spooled}x.jsonl")
+        opening = self.path.with_suffix(".opening")
+        file = opening.open("ab")
+        _lock(file)
+        opening.rename(self.path)
+        return file
 
     def sync(self) -> None:
         """fsync what was appended since the last call."""
@@ -80,13 +105,38 @@ class FileSpool:
                 self.directory / f"usage-spool-{os.getpid()}-{id(self):x}-{self.spooled}.jsonl"
             )
         moved = 0
-        for path in sorted(self.directory.glob(SPOOL_GLOB)):
+        try:
+            paths = [*self.directory.glob(SPOOL_GLOB), *self.directory.glob(CLAIMED_GLOB)]
+            for path in sorted(paths):
+                done, complete = await self._replay_file(path, journal)
+                moved += done
+                if not complete:
+                    return moved  # the journal failed: the rest waits for the next try
+        finally:
+            metrics.SPOOLED.dec(moved)
+        if moved:
+            log.info("replayed %d spooled usage records into the journal", moved)
+        return moved
+
+    async def _replay_file(self, path: Path, journal: Journal) -> tuple[int, bool]:
+        """Replay one file if no live process holds it: its writer (which replays it itself)
+        or another replayer. Before, a replayer renamed and deleted files other processes
+        (`serve --workers N` shares the directory) still had open, and their later records
+        went into the deleted file: lost. Returns (records moved, whether the journal took
+        them all)."""
+        try:
+            source = path.open("rb")
+        except OSError:
+            return 0, True  # claimed and removed by another process meanwhile
+        with source:
+            if not _lock(source):
+                return 0, True
             claimed = path.with_suffix(f".replaying-{os.getpid()}")
             try:
-                path.rename(claimed)
+                os.rename(path, claimed)
             except OSError:
-                continue  # another process claimed it first
-            lines = [line for line in claimed.read_bytes().split(b"\n") if line]
+                return 0, True  # another process claimed it first
+            lines = [line for line in source.read().split(b"\n") if line]
             done = 0
             try:
                 for line in lines:
@@ -94,16 +144,13 @@ class FileSpool:
                     done += 1
             except (JournalUnavailable, TimeoutError, OSError):
                 rest = self.directory / f"{path.stem}-rest{done}.jsonl"
-                rest.write_bytes(b"".join(line + b"\n" for line in lines[done:]))
+                partial = rest.with_suffix(".opening")  # complete before replayers see it
+                partial.write_bytes(b"".join(line + b"\n" for line in lines[done:]))
+                partial.rename(rest)
                 claimed.unlink()
-                moved += done
-                return moved
+                return done, False
             claimed.unlink()
-            moved += done
-        metrics.SPOOLED.dec(moved)
-        if moved:
-            log.info("replayed %d spooled usage records into the journal", moved)
-        return moved
+            return done, True
 
 
 class SpoolingJournal:

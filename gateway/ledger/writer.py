@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.clock import Clock
 from gateway.db.usage import insert_usage
-from gateway.ledger.journal import JournalReader
+from gateway.ledger.journal import Entry, JournalReader
 from gateway.ledger.record import UsageRecord, decode
 from gateway.ledger.redis_stream import JournalUnavailable
 from gateway.observability import metrics
@@ -53,6 +53,7 @@ class LedgerWriter:
         self.poison = 0  # undecodable entries dropped
         self.failures = 0  # batches that failed to commit
         self.last_lag_s = 0.0  # age of the newest record of the last batch, when committed
+        self._batch: asyncio.Task[int] | None = None  # the batch being written, once read
 
     async def run_forever(self) -> None:
         """Write batches until cancelled; never raises otherwise."""
@@ -76,6 +77,34 @@ class LedgerWriter:
         entries = await self.journal.read(self.batch_size, wait_s)
         if not entries:
             return 0
+        # A batch once read is written and acked even if this writer is cancelled meanwhile
+        # (shutdown; `finish()` waits for it): cancelling the transaction half-way makes
+        # SQLAlchemy terminate its connection, and an aiosqlite connection ended that way
+        # keeps SQLite's write lock for seconds, so the shutdown flush failed with "database
+        # is locked" and spooled what it should have written.
+        batch = self._batch = asyncio.ensure_future(self._write(entries))
+        try:
+            return await asyncio.shield(batch)
+        finally:
+            if batch.done():
+                self._batch = None  # else cancelled mid-write: `finish()` waits for it
+
+    async def finish(self, timeout_s: float) -> None:
+        """Wait (up to `timeout_s`) for a batch whose writing outlived a cancelled writer."""
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        await asyncio.wait({batch}, timeout=timeout_s)
+        if not batch.done():
+            batch.cancel()  # its entries stay unacked: they are delivered again later
+        try:
+            await batch
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            log.warning("ledger batch not written at shutdown: %s", exc)
+
+    async def _write(self, entries: list[Entry]) -> int:
         records: list[UsageRecord] = []
         for entry_id, payload in entries:
             try:
