@@ -38,6 +38,7 @@ from gateway.state import Gateway
 from gateway.tasks import BackgroundTasks
 from gateway.upstream.tokenizer import TokenCounter
 from gateway.web import errors as web_errors
+from gateway.web.endpoints import proxy_endpoints
 from gateway.web.middleware import EdgeMiddleware
 from gateway.web.routes import routes
 
@@ -139,9 +140,12 @@ def create_app(
             if redis_limiter is not None:
                 await redis_limiter.aclose()
 
+    proxied = proxy_endpoints(settings.max_body_bytes)
     return Starlette(
-        routes=routes(),
-        middleware=[Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)],
+        routes=routes(proxied),
+        middleware=[
+            Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, direct=proxied)
+        ],
         exception_handlers={
             GatewayError: web_errors.gateway_error,
             HTTPException: web_errors.http_exception,

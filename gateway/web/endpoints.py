@@ -1,106 +1,206 @@
-"""The proxied `/v1` endpoints: chat, FIM and embeddings. Thin: authenticate, parse, forward.
+"""The proxied `/v1` endpoints (chat, FIM, embeddings) as raw ASGI: the request hot path.
 
-Authentication comes first, so an unauthenticated caller costs one hash and a dict lookup and
-never gets its body parsed.
+Each endpoint is an ASGI app that talks to the server directly, without Starlette's `Request`,
+`Response`, router or exception middleware: those cost more per request than authentication,
+limits and the ledger together (docs/performance.md). `EdgeMiddleware` hands matching POSTs
+straight here; the Starlette router holds the same apps, so other methods get its 405.
+
+Order: authenticate first (an unauthenticated caller costs one hash and a dict lookup and never
+gets its body read), then read the body under the size cap, parse, forward, relay. Every
+response carries `x-request-id`; every error is rendered in OpenAI's format by
+`web/errors.py`. Until the answer is complete a watcher listens for the client leaving and
+cancels the call at once (the upstream request and its retries with it); a stream is always
+closed, so a client that hangs up still settles and is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
 
-import anyio
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from gateway.proxy import CLIENT_CLOSED, Relayed, Streamed, forward
+from gateway.errors import GatewayError, RequestTooLarge
+from gateway.proxy import Relayed, Streamed, forward
 from gateway.routing.residency import RESIDENCY_HEADER
 from gateway.state import Gateway
 from gateway.upstream.adapter import Endpoint
+from gateway.web.errors import error_parts, internal_error_parts
+from gateway.web.ids import REQUEST_ID_HEADER, new_request_id
 from gateway.web.wire import parse_json_object, validate
 
+log = logging.getLogger("gateway.errors")
 
-async def _proxy(request: Request, endpoint: Endpoint) -> Response:
-    gw: Gateway = request.app.state.gateway
-    principal = await gw.auth.authenticate(request.headers.get("authorization"))
-    try:
-        body = await request.body()
-    except ClientDisconnect:  # gone while sending the body: nothing was admitted
-        return Response(status_code=CLIENT_CLOSED)
-    payload = parse_json_object(body)
-    model = validate(endpoint, payload)
-    # Until the answer starts, nothing else listens to the client: watch for it leaving, and
-    # cancel the upstream call (and its retries) at once instead of finishing for nobody.
-    handler = asyncio.current_task()
-    assert handler is not None
-    watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(request, handler))
-    try:
-        result = await forward(
-            gw,
-            principal,
-            endpoint,
-            model,
-            payload,
-            request.state.request_id,
-            request.headers.get(RESIDENCY_HEADER),
-        )
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
-            handler.uncancel()  # our own cancellation: the client is gone, nobody reads this
-            return Response(status_code=CLIENT_CLOSED)
-        raise
-    finally:
-        watcher.cancel()
-    return render(result)
+_AUTHORIZATION = b"authorization"
+_CONTENT_LENGTH = b"content-length"
+_RESIDENCY = RESIDENCY_HEADER.encode()
+Headers = list[tuple[bytes, bytes]]
 
 
-async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[object]) -> None:
-    """Cancel `handler` when the client disconnects (the body has been read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
+class _ClientGone(Exception):
+    """The client disconnected while its body was being read: nothing was admitted."""
+
+
+class ProxyEndpoint:
+    """One proxied route, e.g. `POST /v1/chat/completions`."""
+
+    __slots__ = ("endpoint", "max_body_bytes")
+
+    def __init__(self, endpoint: Endpoint, *, max_body_bytes: int) -> None:
+        self.endpoint = endpoint
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.setdefault("state", {})
+        request_id = state.get("request_id") or new_request_id()
+        state["request_id"] = request_id
+        id_header = (REQUEST_ID_HEADER, request_id.encode())
+        handler = asyncio.current_task()
+        assert handler is not None
+        watcher: asyncio.Task[None] | None = None
+        try:
+            authorization = residency = length = None
+            for name, value in scope["headers"]:
+                if name == _AUTHORIZATION:
+                    authorization = value
+                elif name == _CONTENT_LENGTH:
+                    length = value
+                elif name == _RESIDENCY:
+                    residency = value
+            gw: Gateway = scope["app"].state.gateway
+            principal = await gw.auth.authenticate(
+                authorization.decode("latin-1") if authorization is not None else None
+            )
+            body = await _read_body(receive, length, self.max_body_bytes)
+            payload = parse_json_object(body)
+            model = validate(self.endpoint, payload)
+            watcher = asyncio.get_running_loop().create_task(
+                _cancel_on_disconnect(receive, handler)
+            )
+            result = await forward(
+                gw,
+                principal,
+                self.endpoint,
+                model,
+                payload,
+                request_id,
+                residency.decode("latin-1") if residency is not None else None,
+            )
+            if isinstance(result, Streamed):
+                await _send_stream(result, send, id_header)
+            else:
+                await _send_whole(result, send, id_header)
+        except asyncio.CancelledError:
+            if watcher is not None and watcher.done() and not watcher.cancelled():
+                handler.uncancel()  # our own cancellation: the client is gone, nobody reads
+                return
+            raise
+        except _ClientGone:
+            return
+        except GatewayError as error:
+            status, headers, body = error_parts(error)
+            await _send_error(send, status, headers, body, id_header)
+        except Exception as exc:  # a bug: logged once here, a plain 500 for the client
+            log.error("unhandled error in request %s", request_id, exc_info=exc)
+            status, headers, body = internal_error_parts(request_id)
+            await _send_error(send, status, headers, body, id_header)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+
+async def _read_body(receive: Receive, length: bytes | None, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to pass `limit`: a declared
+    `Content-Length` before any byte is read, a chunked one as it arrives."""
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise RequestTooLarge(limit)
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise RequestTooLarge(limit)
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(limit)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _cancel_on_disconnect(receive: Receive, handler: asyncio.Task[None]) -> None:
+    """Cancel `handler` when the client disconnects (its body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
         pass
     handler.cancel()
 
 
-class _ClosingStream(StreamingResponse):
-    """A streaming response that always closes its `Streamed` when it ends, so a client that
-    hangs up (even before the first chunk) settles, records and aborts the upstream at once."""
-
-    def __init__(self, result: Streamed) -> None:
-        super().__init__(
-            result.chunks,
-            status_code=result.status,
-            headers=result.headers,
-            media_type=result.media_type,
-        )
-        self._result = result
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):  # finish even if this task is being cancelled
-                await self._result.close()
+def _head(
+    status: int, media_type: str, headers: dict[str, str], id_header: tuple[bytes, bytes]
+) -> Message:
+    raw: Headers = [(b"content-type", media_type.encode("latin-1")), id_header]
+    raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return {"type": "http.response.start", "status": status, "headers": raw}
 
 
-def render(result: Relayed | Streamed) -> Response:
-    """The Starlette response for a proxy result."""
-    if isinstance(result, Streamed):
-        return _ClosingStream(result)
-    return Response(
-        result.body, status_code=result.status, headers=result.headers, media_type=result.media_type
-    )
+async def _send_whole(result: Relayed, send: Send, id_header: tuple[bytes, bytes]) -> None:
+    start = _head(result.status, result.media_type, result.headers, id_header)
+    start["headers"].append((b"content-length", str(len(result.body)).encode()))
+    await send(start)
+    await send({"type": "http.response.body", "body": result.body})
 
 
-async def chat_completions(request: Request) -> Response:
-    """POST /v1/chat/completions."""
-    return await _proxy(request, Endpoint.CHAT)
+async def _send_stream(result: Streamed, send: Send, id_header: tuple[bytes, bytes]) -> None:
+    """Relay a stream chunk by chunk; always close it, even when this task is cancelled."""
+    try:
+        await send(_head(result.status, result.media_type, result.headers, id_header))
+        async for chunk in result.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        # Shielded: a client that hung up cancels this task, and the close must still settle,
+        # record and abort the upstream.
+        await asyncio.shield(_close(result))
 
 
-async def fim_completions(request: Request) -> Response:
-    """POST /v1/fim/completions (Mistral's fill-in-the-middle)."""
-    return await _proxy(request, Endpoint.FIM)
+async def _close(result: Streamed) -> None:
+    with contextlib.suppress(Exception):
+        await result.close()
 
 
-async def embeddings(request: Request) -> Response:
-    """POST /v1/embeddings."""
-    return await _proxy(request, Endpoint.EMBEDDINGS)
+async def _send_error(
+    send: Send,
+    status: int,
+    headers: Iterable[tuple[bytes, bytes]],
+    body: bytes,
+    id_header: tuple[bytes, bytes],
+) -> None:
+    raw: Headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        id_header,
+        *headers,
+    ]
+    with contextlib.suppress(OSError):  # the client left; there is nobody to tell
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+
+def proxy_endpoints(max_body_bytes: int) -> dict[str, ProxyEndpoint]:
+    """Path → endpoint app for every proxied route."""
+    return {
+        "/v1/chat/completions": ProxyEndpoint(Endpoint.CHAT, max_body_bytes=max_body_bytes),
+        "/v1/fim/completions": ProxyEndpoint(Endpoint.FIM, max_body_bytes=max_body_bytes),
+        "/v1/embeddings": ProxyEndpoint(Endpoint.EMBEDDINGS, max_body_bytes=max_body_bytes),
+    }

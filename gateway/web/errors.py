@@ -18,6 +18,23 @@ from gateway.errors import GatewayError, MethodNotAllowed, NotFound, render_erro
 log = logging.getLogger("gateway.errors")
 
 
+def error_parts(error: GatewayError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, extra raw headers, body) of one of our errors, for raw ASGI senders."""
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers().items()]
+    return error.status, headers, error.body()
+
+
+def internal_error_parts(request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, extra raw headers, body) of the plain 500 a bug becomes."""
+    body = render_error_body(
+        f"The gateway hit an internal error. Quote request id {request_id} when reporting it.",
+        "api_error",
+        "internal_error",
+        None,
+    )
+    return 500, [], body
+
+
 def _response(error: GatewayError) -> Response:
     return Response(
         error.body(),
@@ -50,10 +67,5 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     """A bug: log it with the request id, answer a plain 500."""
     request_id = request.scope.get("state", {}).get("request_id", "-")
     log.error("unhandled error in request %s", request_id, exc_info=exc)
-    body = render_error_body(
-        f"The gateway hit an internal error. Quote request id {request_id} when reporting it.",
-        "api_error",
-        "internal_error",
-        None,
-    )
-    return Response(body, status_code=500, media_type="application/json")
+    status, _, body = internal_error_parts(request_id)
+    return Response(body, status_code=status, media_type="application/json")

@@ -1,10 +1,13 @@
-"""Pure ASGI middleware at the edge: a request id on everything, and a cap on body size.
+"""Pure ASGI middleware at the edge: the hot path's dispatch, a request id on everything, and
+a cap on body size.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched and the cost
 is a couple of function calls per request.
 
-- Every request gets a gateway-generated id (time-ordered hex, unique): it is the ledger key,
-  never the client's or the upstream's id. It is stored in `scope["state"]["request_id"]` and
+- `POST` to a proxied route (`web/endpoints.py`) goes straight to its endpoint app, which sets
+  its own request id and enforces the body cap as it reads: Starlette's router and exception
+  middleware stay off the hot path.
+- Everything else gets a gateway-generated id (`web/ids.py`) in `scope["state"]["request_id"]`,
   returned as `x-request-id` on every response, errors included.
 - Bodies are capped: a declared `Content-Length` over the cap is refused before any byte is
   read; a chunked body is counted as it arrives and refused as soon as it passes the cap, so
@@ -13,35 +16,40 @@ is a couple of function calls per request.
 
 from __future__ import annotations
 
-import os
-import time
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import RequestTooLarge
-
-_REQUEST_ID = b"x-request-id"
-
-
-def new_request_id() -> str:
-    """A 32-hex-char id: 48 bits of milliseconds then 80 random bits, so ids sort by time."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+from gateway.web.ids import REQUEST_ID_HEADER, new_request_id
 
 
 class EdgeMiddleware:
-    """Request id and body-size cap."""
+    """Hot-path dispatch, request id and body-size cap."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        direct: Mapping[str, ASGIApp] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.direct = dict(direct or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "POST":
+            endpoint = self.direct.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
-        header = (_REQUEST_ID, request_id.encode())
+        header = (REQUEST_ID_HEADER, request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -8,14 +8,15 @@ from __future__ import annotations
 from starlette.routing import Mount, Route
 
 from gateway.admin.routes import admin_routes
-from gateway.web.endpoints import chat_completions, embeddings, fim_completions
+from gateway.web.endpoints import ProxyEndpoint
 from gateway.web.finance import finance_routes
 from gateway.web.model_list import list_models, retrieve_model
 from gateway.web.ops import healthz, metrics_endpoint, readyz
 
 
-def routes() -> list[Route | Mount]:
-    """All routes of the gateway."""
+def routes(proxied: dict[str, ProxyEndpoint]) -> list[Route | Mount]:
+    """All routes of the gateway; `proxied` maps each `/v1` POST path to its raw ASGI app
+    (which `EdgeMiddleware` calls directly: the router only answers their wrong methods)."""
     return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -25,9 +26,10 @@ def routes() -> list[Route | Mount]:
         Mount(
             "/v1",
             routes=[
-                Route("/chat/completions", chat_completions, methods=["POST"]),
-                Route("/fim/completions", fim_completions, methods=["POST"]),
-                Route("/embeddings", embeddings, methods=["POST"]),
+                *(
+                    Route(path.removeprefix("/v1"), app, methods=["POST"])
+                    for path, app in proxied.items()
+                ),
                 Route("/models", list_models, methods=["GET"]),
                 Route("/models/{model:path}", retrieve_model, methods=["GET"]),
             ],
