@@ -21,6 +21,7 @@ from gateway.upstream.simulated import (
     embedding_vector,
     serve_simulator,
 )
+from gateway.upstream.simulated.faults import ABSURD_TOKENS
 from gateway.upstream.tokenizer import TokenCounter
 from tests.services import free_port
 
@@ -605,3 +606,66 @@ async def test_n_choices_bill_every_answer() -> None:
         response = (await client.post("/v1/chat/completions", json=body)).json()
     assert [c["index"] for c in response["choices"]] == [0, 1, 2]
     assert response["usage"]["completion_tokens"] == 12
+
+
+async def test_usage_faults_negative_and_absurd() -> None:
+    body = {"model": MODEL, "messages": CHAT}
+    async with sim_client() as client:
+        honest = (await client.post("/v1/chat/completions", json=body)).json()["usage"]
+        negative = await client.post(
+            "/v1/chat/completions", json=body, headers={"x-sim-usage": "negative"}
+        )
+        await client.post("/_sim/faults", json=[{"usage": "absurd"}])
+        absurd = await client.post("/v1/chat/completions", json=body)
+    assert negative.json()["usage"]["prompt_tokens"] == -honest["prompt_tokens"] - 1
+    assert negative.json()["usage"]["completion_tokens"] < 0
+    assert absurd.json()["usage"]["prompt_tokens"] == ABSURD_TOKENS
+    assert absurd.json()["usage"]["completion_tokens"] == ABSURD_TOKENS
+
+
+async def test_endless_stream_never_finishes(live_sim: str) -> None:
+    body = {"model": MODEL, "messages": CHAT, "stream": True, "max_tokens": 4}
+    headers = {"x-sim-endless": "true", "x-sim-token-delay-ms": "1"}
+    frames: list[str] = []
+    async with (
+        httpx.AsyncClient(base_url=live_sim, timeout=5) as client,
+        client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r,
+    ):
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                frames.append(line)
+            if len(frames) == 40:  # ten times what max_tokens allows
+                break
+    chunks = [orjson.loads(frame[6:]) for frame in frames]
+    assert all(c["choices"][0]["finish_reason"] is None and "usage" not in c for c in chunks)
+    async with httpx.AsyncClient(base_url=live_sim, timeout=5) as client:
+        for _ in range(100):  # the simulator notices the client left
+            [entry] = [e for e in (await client.get("/_sim/requests")).json() if e["stream"]][-1:]
+            if entry["t_end_mono"] is not None:
+                break
+            await asyncio.sleep(0.02)
+    assert entry["outcome"] == "cancelled" and entry["events_sent"] >= 40
+
+
+async def test_stall_after_chunks_goes_silent_until_the_client_leaves(live_sim: str) -> None:
+    body = {"model": MODEL, "messages": CHAT, "stream": True}
+    headers = {"x-sim-stall-after-chunks": "3"}
+    frames: list[str] = []
+
+    async def read() -> None:
+        async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    frames.append(line)
+
+    async with httpx.AsyncClient(base_url=live_sim, timeout=0.5) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await read()
+    assert len(frames) == 3
+    async with httpx.AsyncClient(base_url=live_sim, timeout=5) as client:
+        for _ in range(100):
+            entry = (await client.get("/_sim/requests")).json()[-1]
+            if entry["t_end_mono"] is not None:
+                break
+            await asyncio.sleep(0.02)
+    assert (entry["outcome"], entry["events_sent"]) == ("hang", 3)

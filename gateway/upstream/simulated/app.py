@@ -90,6 +90,7 @@ class Simulator:
             "status": None,
             "outcome": None,
             "t_end_mono": None,  # when a streamed body or a hang ended (done, dropped, left)
+            "events_sent": None,  # SSE data events a stream sent before it ended
         }
         self.state.requests.append(entry)
         try:

@@ -3,7 +3,9 @@
 A JSON answer arrives after the whole generation time (TTFT plus one delay per further token);
 a stream waits TTFT, then one delay before each further token. Faults apply here: a hang waits
 until the client leaves or the server stops, and a drop raises `SimulatedDrop` inside the body
-iterator so `SimulatorEdge` leaves the response unfinished and the connection is cut.
+iterator so `SimulatorEdge` leaves the response unfinished and the connection is cut. A stall
+is a hang after some chunks; an endless stream never runs out of chunks. The request-log entry
+counts the events a stream sent (`events_sent`), so a test can compare with what was billed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.upstream.simulated.errors import JSON
-from gateway.upstream.simulated.faults import Fault, SimulatedDrop
+from gateway.upstream.simulated.faults import ENDLESS_MIN_DELAY_MS, Fault, SimulatedDrop
 from gateway.upstream.simulated.options import SimulatorOptions
 from gateway.upstream.simulated.wire import (
     SSE_DONE,
@@ -108,22 +110,28 @@ class Delivery:
     ) -> AsyncIterator[bytes]:
         """Emit events with TTFT and inter-token delays; apply hang and drop faults."""
         ttft_s, delay_s = self.delays_s(fault)
-        drop_after = fault.drop_after_chunks
+        if fault.endless:
+            delay_s = max(delay_s, ENDLESS_MIN_DELAY_MS / 1000)
+        drop_after, stall_after = fault.drop_after_chunks, fault.stall_after_chunks
         finished = False
+        entry["events_sent"] = sent = 0
         try:
             if fault.hang == "after_headers":
                 await self.hang(entry)
             if ttft_s:
                 await asyncio.sleep(ttft_s)
-            sent, first_token = 0, True
+            first_token = True
             for event, is_token in events:
                 if drop_after is not None and sent >= drop_after:
                     break
+                if stall_after is not None and sent >= stall_after:
+                    await self.hang(entry)  # silent until the client leaves
                 if is_token and not first_token and delay_s:
                     await asyncio.sleep(delay_s)
                 first_token = first_token and not is_token
                 yield event
                 sent += 1
+                entry["events_sent"] = sent
             if drop_after is not None:
                 entry["outcome"] = "dropped"
                 raise SimulatedDrop(f"simulated fault: connection dropped after {sent} chunks")

@@ -4,13 +4,19 @@ A fault comes from three places, in this order of precedence: the request's `x-s
 the first matching fault queued through `POST /_sim/faults` (FIFO, one consumed per matching
 request), and `SimulatorOptions.fail_rate` (a seeded coin, only when no status is set yet).
 Header names are the field names with `-` for `_` (`x-sim-drop-after-chunks`).
+
+Streams that never end, for the gateway's stream deadlines: `endless` keeps sending content
+chunks (paced by `token_delay_ms`, at least `ENDLESS_MIN_DELAY_MS` apart) and never a finish,
+usage or `[DONE]`; `stall_after_chunks` sends that many chunks, then nothing, until the client
+leaves. Usage faults: `omit` (no usage anywhere), `wrong` (+1000 each), `negative` (below zero)
+and `absurd` (`ABSURD_TOKENS` each: more than any context, and than a 32-bit column holds).
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -18,13 +24,29 @@ from gateway.upstream.simulated.errors import SimError
 from gateway.upstream.simulated.options import SimulatorOptions
 
 HANGS = ("before_headers", "after_headers")
-USAGE_FAULTS = ("omit", "wrong")
+USAGE_FAULTS = ("omit", "wrong", "negative", "absurd")
+ABSURD_TOKENS = 10**10
+ENDLESS_MIN_DELAY_MS = 5.0  # an endless stream never spins the simulator's event loop
+
+
+def _flag(value: Any) -> bool:
+    """A boolean from JSON (`true`) or a header (`"true"`, `"1"`)."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
 
 # Every fault field and how to read it; numbers may arrive as strings ("retry_after": "2").
-_KINDS: dict[str, type[int] | type[float] | type[str]] = {
+_KINDS: dict[str, Callable[[Any], Any]] = {
     "status": int,
     "retry_after": float,
     "drop_after_chunks": int,
+    "stall_after_chunks": int,
+    "endless": _flag,
     "hang": str,
     "usage": str,
     "ttft_ms": float,
@@ -42,6 +64,8 @@ class Fault:
     status: int | None = None
     retry_after: float | None = None
     drop_after_chunks: int | None = None
+    stall_after_chunks: int | None = None
+    endless: bool | None = None
     hang: str | None = None
     usage: str | None = None
     ttft_ms: float | None = None

@@ -7,6 +7,7 @@ chunk only when asked (`stream_options.include_usage`; vLLM also `continuous_usa
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.upstream.simulated.faults import Fault
+from gateway.upstream.simulated.faults import ABSURD_TOKENS, Fault
 from gateway.upstream.simulated.options import OWNED_BY, SimulatorOptions, Style
 
 Kind = Literal["chat", "text"]
@@ -38,12 +39,16 @@ class Completion:
 
 
 def usage(prompt_tokens: int, completion_tokens: int, fault: Fault) -> dict[str, int] | None:
-    """The usage object, or None / inflated numbers when a usage fault says so."""
+    """The usage object, or None / wrong numbers when a usage fault says so."""
     if fault.usage == "omit":
         return None
     if fault.usage == "wrong":
         prompt_tokens += _WRONG_USAGE_OFFSET
         completion_tokens += _WRONG_USAGE_OFFSET
+    elif fault.usage == "negative":
+        prompt_tokens, completion_tokens = -prompt_tokens - 1, -completion_tokens - 1
+    elif fault.usage == "absurd":
+        prompt_tokens = completion_tokens = ABSURD_TOKENS
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -137,6 +142,9 @@ def stream_events(
     if kind == "chat":
         role = choice({"role": "assistant", "content": ""}, None)
         yield frame(role, usage_at(0, False)), False
+    if fault.endless:  # content forever: no finish_reason, no usage, no end
+        for piece in itertools.cycle(completion.pieces or ["x"]):
+            yield frame(choice({"content": piece}, None), None), True
     if completion.tool_calls:
         calls = [call | {"index": 0} for call in completion.tool_calls]
         yield frame(choice({"tool_calls": calls}, "tool_calls"), usage_at(total_tokens, True)), True
