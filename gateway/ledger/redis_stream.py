@@ -1,6 +1,7 @@
 """`RedisStreamJournal`: usage records in a Redis Stream, consumed by a group of ledger writers.
 
-Appends are one XADD. Writers form the consumer group `ledger`; each reads its own pending
+Appends are one XADD (plus the served count), batched: the appends of one event-loop turn
+share one pipeline round trip (`RedisBatcher`, standalone Redis). Writers form the consumer group `ledger`; each reads its own pending
 entries first (a batch it failed to commit), then reclaims entries another writer has held for
 longer than `reclaim_idle_s` (XAUTOCLAIM: that writer is presumed dead), then new ones
 (XREADGROUP >). An entry is XACKed and XDELeted only after its batch committed, so the stream
@@ -18,6 +19,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from gateway.ledger.journal import Entry
+from gateway.redis_batch import RedisBatcher
 
 GROUP = "ledger"
 FIELD = b"r"
@@ -50,6 +52,7 @@ class RedisStreamJournal:
         reclaim_idle_s: float = 30.0,
     ) -> None:
         self._redis = redis
+        self._batch = RedisBatcher(redis) if isinstance(redis, Redis) else None
         self.key = stream_key(key_prefix)
         self.served_key = served_key(key_prefix)
         self.consumer = consumer or f"{socket.gethostname()}-{id(self):x}"
@@ -61,6 +64,12 @@ class RedisStreamJournal:
         a crash between the two can only leave the count one short, which reconciliation
         would report rather than hide)."""
         try:
+            if self._batch is not None:
+                added = self._batch.call("XADD", self.key, "*", FIELD, payload)
+                counted = self._batch.call("HINCRBY", self.served_key, hour, 1)
+                await added
+                await counted
+                return
             pipe = self._redis.pipeline(transaction=False)
             pipe.xadd(self.key, {FIELD: payload})
             pipe.hincrby(self.served_key, hour, 1)

@@ -109,10 +109,10 @@ class Admitter:
             decision = await self.limiter.reserve(
                 principal.tenant_id, demands, concurrency=admission.concurrency
             )
-            metrics.REDIS_SECONDS.labels("reserve").observe(time.perf_counter() - started)
+            metrics.child(metrics.REDIS_SECONDS, "reserve").observe(time.perf_counter() - started)
             reason = "none" if decision.allowed else _reason(decision.denied)
-            metrics.LIMITER_DECISIONS.labels(
-                "allowed" if decision.allowed else "denied", reason
+            metrics.child(
+                metrics.LIMITER_DECISIONS, "allowed" if decision.allowed else "denied", reason
             ).inc()
             headers = ratelimit_headers(decision.buckets)
             if budget is not None:
@@ -175,7 +175,7 @@ class Admitter:
         started = time.perf_counter()
         try:
             await self.limiter.settle(tenant_id, adjustments, release_slot=slot_id)
-            metrics.REDIS_SECONDS.labels("settle").observe(time.perf_counter() - started)
+            metrics.child(metrics.REDIS_SECONDS, "settle").observe(time.perf_counter() - started)
         except Exception as exc:  # logged once here: the reservation stands, nothing else breaks
             log.warning("settle failed for tenant %s: %s", tenant_id, type(exc).__name__)
 

@@ -11,10 +11,15 @@ Keys (a contract with running systems; `bucket_key` is the one function that bui
 Each key expires once it would have refilled completely (plus a margin), so idle tenants cost
 nothing; a missing bucket reads as full, so expiry changes no answer.
 
+On standalone Redis the scripts go through a `RedisBatcher`: the reserves and settles of one
+event-loop turn share one pipeline round trip (redis-py's per-command plumbing costs more CPU
+than the script), each still its own atomic EVALSHA.
+
 Failure mode: every socket operation has a short timeout (`timeout_s` for connect, each write
 and each read; a timeout is never retried: redis-py's defaults would hold a request for
-seconds); a standalone client retries a broken connection once, at once, on a new one (after
-a Redis restart every idle pooled connection is dead, and redis-py 8 hands them out unchecked);
+seconds; batching pays redis-py's write timeout, a task per write, once per batch); a standalone client retries a broken connection once, at once, on a
+new one (after a Redis restart every idle pooled connection is dead, and redis-py 8 hands them
+out unchecked); a script Redis lost (restart, SCRIPT FLUSH) is loaded again and run once more;
 any Redis error or timeout becomes `LimiterUnavailable` (503) in `_unavailable_on_error`;
 `failover.FailoverLimiter` decides what that means for admission.
 """
@@ -24,12 +29,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 from uuid import uuid4
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 from gateway.errors import LimiterUnavailable
 from gateway.limits.limiter import (
@@ -41,6 +49,7 @@ from gateway.limits.limiter import (
     Reservation,
     check_call,
 )
+from gateway.redis_batch import RedisBatcher
 
 IDLE_MARGIN_MS = 1_000  # keys outlive their refill time by this much
 
@@ -83,6 +92,8 @@ class RedisLimiter:
         self._redis = redis
         self._prefix = key_prefix
         self._owns_client = owns_client
+        # The client's socket timeouts bound each batch (see `_unavailable_on_error`).
+        self._batch = RedisBatcher(redis) if isinstance(redis, Redis) else None
         # AsyncScript calls EVALSHA and reloads the script itself on NOSCRIPT (restart, flush).
         self._reserve = redis.register_script(_script("reserve_v1.lua"))
         self._settle = redis.register_script(_script("settle_v1.lua"))
@@ -140,8 +151,20 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         """Close the client if this limiter created it."""
+        if self._batch is not None:
+            await self._batch.drain()
         if self._owns_client:
             await self._redis.aclose()
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[int | str]) -> Any:
+        """EVALSHA `script`: batched on standalone Redis, loaded again if Redis lost it."""
+        if self._batch is None:
+            return await script(keys=keys, args=args)
+        try:
+            return await self._batch.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted empty or was flushed: load it, run once more
+            await self._redis.script_load(script.script)
+            return await self._batch.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def reserve(
         self,
@@ -165,7 +188,7 @@ class RedisLimiter:
             keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
             args += [concurrency.limit, slot_id, concurrency.lease_ms]
         async with _unavailable_on_error("reserve"):
-            reply = await self._reserve(keys=keys, args=args)
+            reply = await self._run(self._reserve, keys, args)
         return _decision(tenant_id, demands, concurrency, slot_id, [int(x) for x in reply])
 
     async def settle(
@@ -189,7 +212,7 @@ class RedisLimiter:
             keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
             args.append(release_slot)
         async with _unavailable_on_error("settle"):
-            await self._settle(keys=keys, args=args)
+            await self._run(self._settle, keys, args)
 
 
 def _decision(

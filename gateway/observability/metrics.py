@@ -96,28 +96,42 @@ BUDGET_ALERTS = Counter(
 )
 
 
+# Labelled children by (metric, label values): `labels()` validates and locks on every call,
+# this is one dict lookup. Bounded like the labels themselves (tenants × models × deployments
+# × statuses); a new tenant or config adds entries, as it adds series to the metrics.
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, cached."""
+    child = _children.get((metric, labels))
+    if child is None:
+        child = _children[(metric, labels)] = metric.labels(*labels)
+    return child
+
+
 def observe_call(record: Any, *, overhead_s: float | None) -> None:
     """Everything about one finished call, from its usage record."""
     model, tenant, deployment = record.model, record.tenant_id, record.deployment or "none"
-    REQUESTS.labels(tenant, model, deployment, str(record.status)).inc()
-    REQUEST_SECONDS.labels(model).observe(record.gateway_latency_ms / 1000)
+    child(REQUESTS, tenant, model, deployment, str(record.status)).inc()
+    child(REQUEST_SECONDS, model).observe(record.gateway_latency_ms / 1000)
     if record.upstream_latency_ms is not None:
-        UPSTREAM_SECONDS.labels(deployment).observe(record.upstream_latency_ms / 1000)
+        child(UPSTREAM_SECONDS, deployment).observe(record.upstream_latency_ms / 1000)
     if overhead_s is not None:
         OVERHEAD_SECONDS.observe(overhead_s)
     if record.ttft_ms is not None:
-        TTFT_SECONDS.labels(model).observe(record.ttft_ms / 1000)
+        child(TTFT_SECONDS, model).observe(record.ttft_ms / 1000)
     if record.prompt_tokens:
-        TOKENS.labels(tenant, model, "prompt").inc(record.prompt_tokens)
+        child(TOKENS, tenant, model, "prompt").inc(record.prompt_tokens)
     if record.completion_tokens:
-        TOKENS.labels(tenant, model, "completion").inc(record.completion_tokens)
+        child(TOKENS, tenant, model, "completion").inc(record.completion_tokens)
     if record.cost_micros:
-        COST_MICROS.labels(tenant, model, record.currency).inc(record.cost_micros)
+        child(COST_MICROS, tenant, model, record.currency).inc(record.cost_micros)
     if record.unpriced and (record.prompt_tokens or record.completion_tokens):
-        UNPRICED.labels(model).inc()
-    ESTIMATED.labels(record.token_source).inc()
+        child(UNPRICED, model).inc()
+    child(ESTIMATED, record.token_source).inc()
     for attempt in record.route["attempts"]:
-        ATTEMPTS.labels(attempt["deployment"], attempt["reason"], attempt["outcome"]).inc()
+        child(ATTEMPTS, attempt["deployment"], attempt["reason"], attempt["outcome"]).inc()
 
 
 class StateCollector(Collector):
