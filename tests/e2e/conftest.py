@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
+from tests.e2e.ledger_stack import sim_server
 from tests.e2e.stack import (
     Stack,
     base_env,
@@ -70,3 +72,19 @@ def gw(stack: Stack) -> Stack:
     """The stack with its simulators' logs and fault queues cleared for this test."""
     stack.reset_sims()
     return stack
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One simulated upstream per module (ledger and chaos tests): 12 output tokens, 5 ms
+    apart."""
+    tmp = tmp_path_factory.mktemp("ledger-sim")
+    with sim_server(tmp, base_env(), token_delay_ms=5, output_tokens=12) as url:
+        yield url
+
+
+@pytest.fixture
+def upstream(sim: str) -> str:
+    """The simulator with its request log and fault queue cleared for this test."""
+    httpx.post(f"{sim}/_sim/reset", timeout=5).raise_for_status()
+    return sim

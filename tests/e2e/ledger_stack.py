@@ -61,8 +61,12 @@ def cost_of(model: str, prompt_tokens: int, completion_tokens: int) -> int:
     return (prompt_tokens * price_in + completion_tokens * price_out + 500_000) // 10**6
 
 
-def ledger_routing(path: Path, sim_url: str) -> Path:
-    """One Mistral-style deployment, one attempt per request, and list prices for its models."""
+TIMEOUTS = {"connect_s": 2, "read_s": 10, "total_s": 30}
+
+
+def ledger_routing(path: Path, sim_url: str, timeouts: Mapping[str, float] | None = None) -> Path:
+    """One Mistral-style deployment, one attempt per request, and list prices for its models
+    (`timeouts` replaces the deployment's TIMEOUTS)."""
     config = {
         "routing": {"retries": {"max_attempts": 1}, "ejection": {"consecutive_failures": 100_000}},
         "deployments": [
@@ -73,7 +77,7 @@ def ledger_routing(path: Path, sim_url: str) -> Path:
                 "region": "eu-west",
                 "jurisdiction": "eu",
                 "models": {model: model for model in PRICES},
-                "timeouts": {"connect_s": 2, "read_s": 10, "total_s": 30},
+                "timeouts": dict(timeouts or TIMEOUTS),
                 "health": {"enabled": False},
             }
         ],
@@ -194,6 +198,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 # --- the load ----------------------------------------------------------------------------------
 
 KINDS = ("chat", "stream", "sdk-chat", "sdk-stream", "embed", "fim")
+STREAMED = ("stream", "faulty", "sdk-stream")
 
 
 @dataclass
@@ -209,6 +214,21 @@ class Served:
     cut: bool = False  # the stream ended with the gateway's error event
     error_code: str | None = None
     done_mono: float = 0.0
+    sent_mono: float = 0.0
+    limit: int | None = None  # x-ratelimit-limit-requests: who admitted (Redis or a local share)
+    done: bool = False  # a stream: `data: [DONE]` arrived
+    retry_after_ms: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """A 200 the client received in full: a whole body, or a stream through [DONE]."""
+        if self.status != 200:
+            return False
+        return self.done if self.kind in STREAMED else not self.cut
+
+    @property
+    def latency_s(self) -> float:
+        return self.done_mono - self.sent_mono
 
 
 @dataclass
@@ -232,10 +252,15 @@ def _stream_body(model: str) -> dict[str, Any]:
 class Load:
     """`concurrency` clients sending requests of the kinds drawn from a plan."""
 
-    def __init__(self, base_url: str, key: str, *, concurrency: int = 16) -> None:
+    def __init__(
+        self, base_url: str, key: str, *, concurrency: int = 16, max_pause_s: float = 0.0
+    ) -> None:
         self.base_url = base_url
         self.key = key
         self.concurrency = concurrency
+        # After a 429, wait as its retry-after-ms says (as the SDKs do), at most this long:
+        # rate-limited clients then don't spin the two cores.
+        self.max_pause_s = max_pause_s
         self.result = LoadResult()
 
     async def run(self, plan: Iterable[str], stop: threading.Event | None = None) -> LoadResult:
@@ -256,14 +281,20 @@ class Load:
                 for kind in kinds:
                     if stop is not None and stop.is_set():
                         return
+                    sent = time.monotonic()
                     try:
-                        self.result.served.append(await self._send(http, sdk, kind))
+                        served = await self._send(http, sdk, kind)
                     except openai.APIStatusError as exc:  # an answer all the same
-                        self.result.served.append(_whole(kind, "", exc.response))
+                        served = _whole(kind, "", exc.response)
                     except (httpx.TransportError, openai.APIConnectionError) as exc:
                         self.result.failures.append(f"{kind}: {type(exc).__name__}")
                         if stop is not None:
                             await asyncio.sleep(0.05)  # the server is away: don't spin
+                        continue
+                    served.sent_mono = sent
+                    self.result.served.append(served)
+                    if served.status == 429 and self.max_pause_s:
+                        await asyncio.sleep(min(self.max_pause_s, _retry_after_s(served)))
 
             await asyncio.gather(*(client() for _ in range(self.concurrency)))
         return self.result
@@ -298,6 +329,7 @@ class Load:
                 raw.status_code,
                 usage.model_dump() if usage else None,
                 done_mono=time.monotonic(),
+                limit=_limit(raw.headers),
             )
         if kind == "sdk-stream":
             raw = await sdk.chat.completions.with_raw_response.create(
@@ -319,6 +351,8 @@ class Load:
                 usage,
                 events,
                 done_mono=time.monotonic(),
+                limit=_limit(raw.headers),
+                done=True,  # the SDK's iterator ends at [DONE] and raises on an error event
             )
         if kind == "embed":
             raw = await sdk.embeddings.with_raw_response.create(
@@ -331,13 +365,24 @@ class Load:
                 raw.status_code,
                 raw.parse().usage.model_dump(),
                 done_mono=time.monotonic(),
+                limit=_limit(raw.headers),
             )
         raise ValueError(kind)
+
+
+def _limit(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("x-ratelimit-limit-requests")
+    return int(value) if value is not None else None
+
+
+def _retry_after_s(served: Served) -> float:
+    return served.retry_after_ms / 1000 if served.retry_after_ms is not None else 0.05
 
 
 def _whole(kind: str, model: str, response: httpx.Response) -> Served:
     body = orjson.loads(response.content) if response.content else {}
     error = body.get("error") if isinstance(body, dict) else None
+    retry_after = response.headers.get("retry-after-ms")
     return Served(
         response.headers["x-request-id"],
         kind,
@@ -346,13 +391,16 @@ def _whole(kind: str, model: str, response: httpx.Response) -> Served:
         body.get("usage") if response.status_code == 200 else None,
         error_code=error.get("code") if isinstance(error, dict) else None,
         done_mono=time.monotonic(),
+        limit=_limit(response.headers),
+        retry_after_ms=int(retry_after) if retry_after is not None else None,
     )
 
 
 async def _streamed(kind: str, model: str, response: httpx.Response) -> Served:
     """Read an SSE stream: its usage, its content events, and whether it ended in an error."""
-    usage, events, error_code = None, 0, None
+    usage, events, error_code, done = None, 0, None, False
     async for line in response.aiter_lines():
+        done = done or line == "data: [DONE]"
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
         chunk = orjson.loads(line[6:])
@@ -371,6 +419,8 @@ async def _streamed(kind: str, model: str, response: httpx.Response) -> Served:
         cut=error_code is not None,
         error_code=error_code,
         done_mono=time.monotonic(),
+        limit=_limit(response.headers),
+        done=done,
     )
 
 
@@ -382,8 +432,16 @@ def run_load(base_url: str, key: str, plan: Iterable[str], *, concurrency: int =
 class RunningLoad:
     """A load in a thread of its own, until `stop()`."""
 
-    def __init__(self, base_url: str, key: str, kinds: Iterable[str], concurrency: int) -> None:
-        self.load = Load(base_url, key, concurrency=concurrency)
+    def __init__(
+        self,
+        base_url: str,
+        key: str,
+        kinds: Iterable[str],
+        concurrency: int,
+        *,
+        max_pause_s: float = 0.0,
+    ) -> None:
+        self.load = Load(base_url, key, concurrency=concurrency, max_pause_s=max_pause_s)
         self._stop = threading.Event()
         plan = itertools.cycle(tuple(kinds))
         self._thread = threading.Thread(
@@ -407,10 +465,15 @@ class RunningLoad:
 
 @contextmanager
 def running_load(
-    base_url: str, key: str, kinds: Iterable[str] = KINDS, *, concurrency: int = 16
+    base_url: str,
+    key: str,
+    kinds: Iterable[str] = KINDS,
+    *,
+    concurrency: int = 16,
+    max_pause_s: float = 0.0,
 ) -> Iterator[RunningLoad]:
     """Clients sending `kinds` round-robin until the block ends (the load is then stopped)."""
-    load = RunningLoad(base_url, key, kinds, concurrency)
+    load = RunningLoad(base_url, key, kinds, concurrency, max_pause_s=max_pause_s)
     try:
         yield load
     finally:
@@ -436,6 +499,10 @@ class Row:
 _ROWS = (
     "SELECT request_id, model, status, error_code, prompt_tokens, completion_tokens, "
     "token_source, cost_micros, currency FROM usage_events"
+)
+_DUPLICATES = (
+    "SELECT count(*) FROM (SELECT request_id FROM usage_events GROUP BY request_id "
+    "HAVING count(*) > 1) AS repeated"
 )
 _EVENT_TOTALS = (
     "SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
@@ -482,6 +549,10 @@ class Ledger:
 
     def count(self) -> int:
         return int(self._query("SELECT count(*) FROM usage_events")[0][0])
+
+    def duplicates(self) -> int:
+        """Request ids with more than one row (the primary key should make this 0)."""
+        return int(self._query(_DUPLICATES)[0][0])
 
     def totals(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(requests, prompt, completion, cost) summed over usage_events and over usage_daily."""

@@ -64,7 +64,6 @@ from tests.e2e.ledger_stack import (
     run_load,
     running_load,
     sim_request_ids,
-    sim_server,
 )
 from tests.e2e.stack import ROOT, base_env, gateway_process
 from tests.services import PostgresServer, RedisServer, run_prefix
@@ -76,21 +75,6 @@ OUTAGE_S = 60.0 if LONG else 8.0  # Postgres down (the issue: 60 s)
 CONCURRENCY = 16
 RECLAIM_IDLE_S = 3.0  # GATEWAY_LEDGER_RECLAIM_IDLE_S for the tests (default 30 s)
 DRAIN_TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One simulated upstream for the module: 12 output tokens, 5 ms apart."""
-    tmp = tmp_path_factory.mktemp("ledger-sim")
-    with sim_server(tmp, base_env(), token_delay_ms=5, output_tokens=12) as url:
-        yield url
-
-
-@pytest.fixture
-def upstream(sim: str) -> str:
-    """The simulator with its request log and fault queue cleared for this test."""
-    httpx.post(f"{sim}/_sim/reset", timeout=5).raise_for_status()
-    return sim
 
 
 @dataclass
