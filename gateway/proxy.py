@@ -10,12 +10,16 @@ or with nothing used when the upstream refused or never answered.
 
 Invariants: the client's own `Authorization` never goes upstream (each deployment sends its own
 credential, or none); response bodies are relayed as the upstream sent them, streams chunk by
-chunk; a stream that breaks mid-way ends with an SSE error event the SDKs raise on.
+chunk; a stream that breaks mid-way ends with an SSE error event the SDKs raise on. Nothing
+lost: a whole answer, an error answer and a stream's final `[DONE]` event are handed to the
+client only once the call's usage record is stored in the journal (or spooled), so a gateway
+killed at any moment has recorded every answer a client received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +141,8 @@ async def forward(
         answer = await gw.attempter.run(plan, send, trace)
     except BaseException as exc:
         finish.failed(exc)
+        if isinstance(exc, GatewayError):
+            await finish.stored()  # the error answer, too, goes out once it is recorded
         raise
     response, deployment = answer.response, answer.target.deployment
     facts.status = response.status
@@ -150,7 +156,7 @@ async def forward(
     call = calls[deployment.name]
     if call.stream:
         facts.stream = True
-        watcher = SseWatcher(hide_usage_chunk=call.hide_usage_chunk)
+        watcher = SseWatcher(hide_usage_chunk=call.hide_usage_chunk, hold_done=True)
         chunks = _relay(answer, watcher, finish)
 
         async def never_relayed() -> None:
@@ -171,13 +177,14 @@ async def forward(
     answer.finished(ok=True)
     used, facts.upstream_id = usage.from_body(body)
     finish.done(used)
+    await finish.stored()
     return Relayed(response.status, media_type, out_headers, body, trace)
 
 
 class _Finish:
     """Settles the reservation and records the call: exactly once, whatever path ends it."""
 
-    __slots__ = ("_done", "endpoint", "facts", "gw", "payload", "ticket", "trace")
+    __slots__ = ("_done", "_storing", "endpoint", "facts", "gw", "payload", "ticket", "trace")
 
     def __init__(
         self,
@@ -191,6 +198,7 @@ class _Finish:
         self.gw, self.ticket, self.facts, self.trace = gw, ticket, facts, trace
         self.endpoint, self.payload = endpoint, payload
         self._done = False
+        self._storing: asyncio.Future[None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -202,13 +210,21 @@ class _Finish:
         if self._done:
             return
         self._done = True
-        record = self.gw.ledger.record(
+        record, self._storing = self.gw.ledger.record(
             self.facts, self.trace, used or usage.estimated(self.prompt_tokens())
         )
         if reservation_stands:
             self.gw.admitter.settle(self.ticket, None)
         else:
             self.gw.admitter.settle(self.ticket, used, record.cost_micros)
+
+    async def stored(self) -> None:
+        """Wait until the record is in the journal (or spooled); the append itself cannot be
+        cancelled by a client that leaves meanwhile."""
+        storing = self._storing
+        if storing is not None and not storing.done():
+            with contextlib.suppress(Exception):  # a failure is the journal's to log and spool
+                await asyncio.shield(storing)
 
     def failed(self, exc: BaseException, *, reservation_stands: bool = False) -> None:
         """The call ended in an error before a whole answer was relayed."""
@@ -247,9 +263,10 @@ def _passed_headers(response: UpstreamResponse) -> dict[str, str]:
 async def _relay(answer: Answer, watcher: SseWatcher, finish: _Finish) -> AsyncIterator[bytes]:
     """Relay upstream chunks; a break mid-stream ends with an SSE `error` event.
 
-    Settles and records in `finally`, so a client that hangs up (the server cancels this
-    generator) is still charged for what was generated up to then, and the upstream request
-    is aborted at once by closing its response.
+    Settles and records when the upstream's stream ends (then relays the held-back end once
+    the record is stored), or in `finally`, so a client that hangs up (the server cancels
+    this generator) is still charged for what was generated up to then, and the upstream
+    request is aborted at once by closing its response.
     """
     response = answer.response
     facts = finish.facts
@@ -262,12 +279,20 @@ async def _relay(answer: Answer, watcher: SseWatcher, finish: _Finish) -> AsyncI
                     facts.first_chunk_mono_s = finish.gw.clock.monotonic_s()
                 yield out
         tail = watcher.flush()
+        ok = True
+        # The usage is known now: record it, and let the client see the end of the stream
+        # (`[DONE]`, held back by the watcher) only once the record is stored.
+        answer.finished(ok=True)
+        finish.done(_stream_usage(watcher, finish))
+        await finish.stored()
         if tail:
             yield tail
-        ok = True
     except UpstreamInterrupted as exc:
         ok = False
         facts.error_code = exc.code
+        answer.finished(ok=False)
+        finish.done(_stream_usage(watcher, finish))
+        await finish.stored()
         error = {
             "error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": None}
         }
@@ -275,10 +300,15 @@ async def _relay(answer: Answer, watcher: SseWatcher, finish: _Finish) -> AsyncI
     finally:
         if ok is None and facts.error_code is None:
             facts.error_code = "client_disconnected"
-        answer.finished(ok=ok)
-        prompt_tokens = finish.ticket.prompt_tokens if finish.ticket is not None else 0
-        used = usage.from_usage(watcher.usage) or usage.metered(
-            prompt_tokens or finish.prompt_tokens(), watcher.content_events
-        )
-        finish.done(used)
+        if not finish.finished:
+            answer.finished(ok=ok)
+            finish.done(_stream_usage(watcher, finish))
         await response.close()
+
+
+def _stream_usage(watcher: SseWatcher, finish: _Finish) -> UsedTokens:
+    """The stream's reported usage, or tokens metered from what was delivered."""
+    prompt_tokens = finish.ticket.prompt_tokens if finish.ticket is not None else 0
+    return usage.from_usage(watcher.usage) or usage.metered(
+        prompt_tokens or finish.prompt_tokens(), watcher.content_events
+    )

@@ -5,13 +5,17 @@ The proxy fills a `CallFacts` as the call goes (route, statuses, timings) and ca
 `Ledger.record` exactly once per admitted request, whatever happened: upstream error, broken
 stream, client gone. Pricing uses the catalog's in-memory book at the request's start time.
 
-Failure mode: the append runs as a background task (shutdown waits for it); a journal that
-fails spools to a local file (`spool.SpoolingJournal`). An unpriced model is recorded with
+Durability: the append runs as a background task (shutdown waits for it, a client that hangs
+up cannot cancel it), and `record` returns it so the proxy can wait, shielded, until the
+record is stored before the response's last byte goes out: a gateway killed right after
+answering has already journaled that answer. A journal that fails spools to a local file
+(`spool.SpoolingJournal`), which also counts as stored. An unpriced model is recorded with
 `unpriced = true` and NULL cost, and counted in `unpriced`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -64,8 +68,11 @@ class Ledger:
         self.recorded = 0
         self.unpriced = 0
 
-    def record(self, facts: CallFacts, trace: RouteTrace, used: UsedTokens) -> UsageRecord:
-        """Build, price and journal the record of a finished call."""
+    def record(
+        self, facts: CallFacts, trace: RouteTrace, used: UsedTokens
+    ) -> tuple[UsageRecord, asyncio.Future[None] | None]:
+        """Build, price and journal the record of a finished call; also returns the append
+        still under way (None when the journal took it at once)."""
         now_mono = self.clock.monotonic_s()
         price = self.catalog.book.price_at(facts.model, facts.deployment, facts.started_at_s)
         cost = cost_micros(price, used.prompt_tokens, used.completion_tokens) if price else None
@@ -116,9 +123,8 @@ class Ledger:
         hour = hour_of(record.started_at_ms)
         if isinstance(self.journal, MemoryJournal):
             self.journal.append_nowait(payload, hour)  # cannot fail: no task needed
-        else:
-            self.tasks.spawn(self.journal.append(payload, hour), name="ledger.append")
-        return record
+            return record, None
+        return record, self.tasks.spawn(self.journal.append(payload, hour), name="ledger.append")
 
 
 def _access_fields(record: UsageRecord) -> dict[str, object]:

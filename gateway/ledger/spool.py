@@ -154,18 +154,36 @@ class FileSpool:
 
 
 class SpoolingJournal:
-    """A journal that spools to a local file whenever the primary cannot take a record."""
+    """A journal that spools to a local file whenever the primary cannot take a record.
 
-    def __init__(self, primary: Journal, spool: FileSpool, *, timeout_s: float = 0.5) -> None:
+    After a failure the primary is skipped for `cooldown_s` (records go straight to the spool,
+    and the replayer moves them later): answers wait for their record to be stored, so a
+    frozen Redis must cost one timeout per cool-down, not one per request."""
+
+    def __init__(
+        self,
+        primary: Journal,
+        spool: FileSpool,
+        *,
+        timeout_s: float = 0.5,
+        cooldown_s: float = 1.0,
+    ) -> None:
         self.primary = primary
         self.spool = spool
         self._timeout_s = timeout_s
+        self._cooldown_s = cooldown_s
+        self._skip_until = 0.0  # loop time before which the primary is not tried
 
     async def append(self, payload: bytes, hour: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if now < self._skip_until:
+            self.spool.append(payload)
+            return
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self.primary.append(payload, hour)
         except (JournalUnavailable, TimeoutError, OSError):
+            self._skip_until = asyncio.get_running_loop().time() + self._cooldown_s
             self.spool.append(payload)
 
     async def replay_forever(self, interval_s: float = 1.0) -> None:
