@@ -10,12 +10,15 @@
   observations above one of its bucket bounds (an oracle from the gateway's own side).
 - `percentile`: nearest-rank, for latency summaries.
 - `redis_server_of`: a `RestartableRedis` as the `RedisServer` that `production()` expects.
+- `Partition`: a relay to Redis that a test cuts silently (packets dropped, nothing refused).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.contract.cluster import RestartableRedis
 from tests.e2e.test_ledger_durability import LONG
-from tests.services import RedisServer
+from tests.services import RedisServer, free_port
 
 REPORT_FILE = os.environ.get("GATEWAY_CHAOS_REPORT")
 
@@ -94,3 +97,60 @@ def redis_server_of(redis: RestartableRedis) -> RedisServer:
 def statuses(values: Iterable[int]) -> dict[int, int]:
     """Status -> count."""
     return dict(sorted(Counter(values).items()))
+
+
+class Partition:
+    """A TCP relay to a server (Redis) that can go silent: while `cut`, bytes in either
+    direction are read and dropped, connections stay open, nothing is refused (a silent
+    network partition, like `iptables -j DROP`). Runs its own event loop in a thread."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.cut = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="partition", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        )
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+        self._loop.run_until_complete(server.wait_closed())
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                if not self.cut.is_set():
+                    sink.write(data)
+                    await sink.drain()
+        finally:
+            sink.close()
+
+    def __enter__(self) -> Partition:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut.clear()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
