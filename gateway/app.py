@@ -30,7 +30,7 @@ from gateway.ledger.pipeline import LedgerPipeline
 from gateway.limits import FailoverLimiter, Limiter, MemoryLimiter, RedisLimiter
 from gateway.limits.admission import Admitter
 from gateway.observability import metrics
-from gateway.observability.logging import configure_logging
+from gateway.observability.logging import configure_logging, flush_logs, flush_logs_forever
 from gateway.routing.probes import HealthProber
 from gateway.routing.reload import ConfigReloader
 from gateway.settings import Settings
@@ -122,9 +122,11 @@ def create_app(
         if reloader is not None:
             reloader.start()
         app.state.prober, app.state.reloader = prober, reloader
+        log_flusher = asyncio.get_running_loop().create_task(flush_logs_forever())
         try:
             yield
         finally:
+            log_flusher.cancel()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
@@ -139,6 +141,7 @@ def create_app(
             await engine.dispose()
             if redis_limiter is not None:
                 await redis_limiter.aclose()
+            flush_logs()
 
     proxied = proxy_endpoints(settings.max_body_bytes)
     return Starlette(

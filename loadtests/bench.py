@@ -74,16 +74,19 @@ from scenarios.stack import (
     Processes,
     TenantSpec,
     bootstrap,
+    cli,
     cpu_seconds,
     create_database,
     delete_redis_keys,
     drop_database,
     free_port,
     gateway_env,
+    last_line,
     pin_self,
     pinned,
     routing_file,
     start_gateway,
+    start_ledger_writer,
     start_private_redis,
     wait_for_port,
 )
@@ -159,6 +162,8 @@ class Setup:
     redis_prefix: str | None = None
     private_redis: bool = False
     embedded_db: Path | None = None
+    writer_pid: int | None = None  # the Redis mode's standalone `gateway ledger`
+    redis_env: dict[str, str] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     keep_logs: bool = False  # something failed: keep the work directory for its logs
 
@@ -238,6 +243,7 @@ def set_up(args: argparse.Namespace, setup: Setup, tokens: int) -> dict[str, Tar
             redis_url=setup.redis_url,
             redis_prefix=setup.redis_prefix,
         )
+        setup.redis_env = envs["redis"]
         jobs["redis"] = lambda: bootstrap(envs["redis"], [BENCH_TENANT])
     if "litellm" in wanted:
         venv = Path(args.litellm_venv)
@@ -271,6 +277,10 @@ def set_up(args: argparse.Namespace, setup: Setup, tokens: int) -> dict[str, Tar
             continue
 
         def start_mode(mode: str = mode, env: dict[str, str] = env) -> tuple[int, int]:
+            if mode == "redis":  # the production layout: the writer is its own process
+                setup.writer_pid = start_ledger_writer(
+                    procs, "ledger-writer", env, args.load_core
+                ).pid
             proc, url = start_gateway(procs, f"gateway-{mode}", env, args.gateway_core)
             return proc.pid, int(url.rsplit(":", 1)[1])
 
@@ -416,18 +426,71 @@ async def profile_run(
     }
 
 
+async def scale_out(
+    setup: Setup, args: argparse.Namespace, d: Durations, seq: Numbers
+) -> list[dict[str, float]]:
+    """The Redis-mode gateway with 1, then 2, `serve --workers` processes on both cores (the
+    load client, upstream and Redis stay on core 1): requests/s and CPU per request."""
+    assert setup.redis_env is not None
+    key = last_line(cli(setup.redis_env, "keys", "create", BENCH_TENANT.name, "--name", "scale"))
+    chat = chat_payload(words_for_tokens(args.prompt_tokens))
+    out = []
+    for workers in (1, 2):
+        proc, url = await asyncio.to_thread(
+            start_gateway, setup.procs, f"gateway-workers{workers}", setup.redis_env,
+            f"{args.gateway_core},{args.load_core}", workers=workers,
+        )  # fmt: skip
+        port = int(url.rsplit(":", 1)[1])
+        make = seq.wrap(request_factory(chat, "/v1/chat/completions", f"127.0.0.1:{port}", key))
+        await client.closed_loop(port, make, args.connections, max(2.0, d.warmup_s * 2))
+        before = cpu_seconds(proc.pid)
+        result = await client.closed_loop(port, make, args.connections, d.closed_s * 2)
+        cpu_s = cpu_seconds(proc.pid) - before
+        ok = len(result.ok())
+        out.append({
+            "workers": workers,
+            "rps": ok / result.elapsed_s,
+            "cpu_ms": cpu_s * 1000 / ok if ok else float("nan"),
+            "non_2xx": len(result.samples) - ok + sum(result.errors.values()),
+        })  # fmt: skip
+        await asyncio.to_thread(setup.procs.stop, proc)
+    return out
+
+
+def print_scale_out(rows: list[dict[str, float]], args: argparse.Namespace) -> list[str]:
+    lines = [
+        "",
+        f"### Scale-out: Redis-mode gateway, `serve --workers N` on cores 0,1 ({args.connections} "
+        "connections; the load client, upstream and Redis share core 1)",
+        "",
+        "| workers | req/s | CPU ms/req (all workers) | failed |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['workers']:.0f} | {r['rps']:,.0f} | {r['cpu_ms']:.3f} | {r['non_2xx']:.0f} |"
+        for r in rows
+    ]
+    return lines
+
+
 # --- checks after the run ----------------------------------------------------------------------
 
 
 def redis_round_trips(redis_url: str) -> dict[str, int]:
+    """Calls per command, plus the server's totals (`_commands`, `_in_bytes`, `_out_bytes`)."""
     from redis import Redis
 
     client_ = Redis.from_url(redis_url)
     try:
         stats = client_.info("commandstats")
+        totals = client_.info("stats")
     finally:
         client_.close()
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    calls["_commands"] = int(totals["total_commands_processed"])
+    calls["_in_bytes"] = int(totals["total_net_input_bytes"])
+    calls["_out_bytes"] = int(totals["total_net_output_bytes"])
+    return calls
 
 
 async def ledger_rows(setup: Setup, targets: dict[str, Target]) -> dict[str, tuple[int, int, int]]:
@@ -714,6 +777,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gateway-core", type=int, default=0)
     parser.add_argument("--load-core", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="py-spy on the Redis-mode gateway")
+    parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="also the Redis-mode gateway with 1 and 2 worker processes on both cores",
+    )
     parser.add_argument("--profile-target", default="redis")
     parser.add_argument("--profile-s", type=float, default=15.0)
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
@@ -770,6 +838,11 @@ def main() -> None:
                     targets[args.profile_target], args, seq, workdir
                 )
             results["ledger"] = await ledger_rows(setup, targets)
+            if setup.writer_pid is not None:
+                results["writer_cpu_s"] = cpu_seconds(setup.writer_pid)
+            if args.scale_out and "redis" in targets:
+                print("scale-out: 1 and 2 worker processes on cores 0,1", flush=True)
+                results["scale_out"] = await scale_out(setup, args, d, seq)
 
         try:
             import uvloop
@@ -788,8 +861,22 @@ def main() -> None:
             lines.append(
                 f"- Redis: {evals / served:.2f} EVAL/EVALSHA per request answered by the Redis-mode "
                 f"gateway ({evals} over {served}; design: 2, reserve + settle); other commands: "
-                + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()) if v and not k.startswith("eval") and k != "info")
+                + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()) if v and not k.startswith(("eval", "_")) and k != "info")
             )  # fmt: skip
+            lines.append(
+                f"- Redis per request (gateway and ledger writer together, for sizing): "
+                f"{calls['_commands'] / served:.1f} commands (scripts' inner calls included), "
+                f"{calls['_in_bytes'] / served:,.0f} bytes in, {calls['_out_bytes'] / served:,.0f} "
+                f"bytes out; pipeline round trips are batched per event-loop turn"
+            )
+        if setup.writer_pid is not None and results.get("writer_cpu_s") is not None:
+            rows_written = results.get("ledger", {}).get("redis", (0, 0, 0))[0]
+            if rows_written:
+                lines.append(
+                    f"- ledger writer (`gateway ledger`, its own process as in the Helm chart, "
+                    f"not in the gateway's CPU): {results['writer_cpu_s'] * 1e6 / rows_written:,.0f} "
+                    f"µs CPU per row ({rows_written} rows)"
+                )
         for mode, (rows_, answered, sent) in results.get("ledger", {}).items():
             verdict = "every request recorded" if rows_ >= sent else "MISSING rows"
             lines.append(
@@ -801,6 +888,8 @@ def main() -> None:
             if bad or t.errors:
                 lines.append(f"- {name}: non-2xx {bad}, client errors {t.errors}")
         lines += [f"- note: {n}" for n in setup.notes]
+        if "scale_out" in results:
+            lines += print_scale_out(results["scale_out"], args)
         if "profile" in results:
             lines += print_profile(results["profile"])
         lines.append("")

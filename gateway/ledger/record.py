@@ -69,14 +69,14 @@ def decode(payload: bytes) -> UsageRecord:
 
 
 _HOUR_MS = 3_600_000
-_last_hour: tuple[int, str] = (-1, "")
+_last_hour: tuple[int, str] | None = None
 
 
 def hour_of(epoch_ms: int) -> str:
     """`YYYYMMDDHH` (UTC): the reconciliation bucket of a request started at `epoch_ms`."""
     global _last_hour
     hour = epoch_ms // _HOUR_MS
-    if _last_hour[0] != hour:  # formatted once an hour, not once a request
+    if _last_hour is None or _last_hour[0] != hour:  # formatted once an hour, not per request
         text = datetime.fromtimestamp(hour * 3600, tz=UTC).strftime("%Y%m%d%H")
         _last_hour = (hour, text)
     return _last_hour[1]

@@ -38,18 +38,27 @@ class BudgetPolicy:
     thresholds_pct: tuple[int, ...] = (50, 80, 100)
 
 
+_last_period: tuple[int, tuple[datetime, datetime]] | None = None
+
+
 def period_bounds(now_s: float) -> tuple[datetime, datetime]:
     """[start, end) of the calendar month (UTC) containing `now_s`."""
-    now = datetime.fromtimestamp(now_s, tz=UTC)
-    start = datetime(now.year, now.month, 1, tzinfo=UTC)
-    end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
-    return start, end
+    global _last_period
+    hour = int(now_s // 3600)  # a month always starts on an hour: computed once an hour
+    if _last_period is None or _last_period[0] != hour:
+        now = datetime.fromtimestamp(hour * 3600, tz=UTC)
+        start = datetime(now.year, now.month, 1, tzinfo=UTC)
+        end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+        _last_period = (hour, (start, end))
+    return _last_period[1]
 
 
 def budget_bucket(policy: BudgetPolicy, now_s: float) -> BucketSpec:
     """This period's bucket (a new period is a new, full bucket)."""
     start, _ = period_bounds(now_s)
-    return BucketSpec(f"{BUDGET_PREFIX}{start:%Y-%m}", max(1, policy.amount_micros), 0)
+    return BucketSpec(
+        f"{BUDGET_PREFIX}{start.year:04d}-{start.month:02d}", max(1, policy.amount_micros), 0
+    )
 
 
 def is_budget(name: str) -> bool:

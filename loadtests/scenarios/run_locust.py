@@ -57,6 +57,7 @@ from scenarios.stack import (
     gateway_env,
     routing_file,
     start_gateway,
+    start_ledger_writer,
     start_private_redis,
     wait_for_port,
 )
@@ -114,6 +115,8 @@ def main() -> None:
         else:
             env = gateway_env(workdir, config)
         keys = bootstrap(env, [spec for spec, _, _ in TENANTS])
+        if args.backend == "redis":
+            start_ledger_writer(procs, "ledger-writer", env, None)
         _, base_url = start_gateway(procs, "gateway", env, None)
         tenants_file = workdir / "tenants.json"
         tenants_file.write_text(

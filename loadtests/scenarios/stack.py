@@ -52,7 +52,7 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = N
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f}s")
 
 
-def pinned(core: int | None, args: Sequence[str]) -> list[str]:
+def pinned(core: int | str | None, args: Sequence[str]) -> list[str]:
     """`args` under `taskset -c CORE` (unchanged when `core` is None or taskset is missing)."""
     if core is None or shutil.which("taskset") is None:
         return list(args)
@@ -234,7 +234,9 @@ def gateway_env(
     redis_url: str | None = None,
     redis_prefix: str | None = None,
 ) -> dict[str, str]:
-    """The environment of one gateway: embedded (SQLite) unless the URLs say otherwise."""
+    """The environment of one gateway: embedded (SQLite) unless the URLs say otherwise. With
+    Redis the gateway runs as in production (helm `ledgerWriter.enabled`): it writes no ledger
+    itself, a separate `gateway ledger` process does (`start_ledger_writer`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env["PYTHONUNBUFFERED"] = "1"
     env["GATEWAY_CONFIG"] = str(config)
@@ -244,7 +246,19 @@ def gateway_env(
     if redis_url is not None:
         env["GATEWAY_REDIS_URL"] = redis_url
         env["GATEWAY_REDIS_KEY_PREFIX"] = redis_prefix or f"bench{uuid.uuid4().hex[:8]}:"
+        env["GATEWAY_LEDGER_WRITER"] = "false"
     return env
+
+
+def start_ledger_writer(
+    procs: Processes, name: str, env: Mapping[str, str], core: int | None
+) -> subprocess.Popen:
+    """`gateway ledger`, the standalone writer of the usage stream into Postgres, pinned."""
+    return procs.start(
+        name,
+        pinned(core, [PYTHON, "-m", "gateway", "ledger", "--config", env["GATEWAY_CONFIG"]]),
+        env,
+    )
 
 
 def cli(env: Mapping[str, str], *args: str) -> str:
@@ -278,12 +292,17 @@ def bootstrap(env: Mapping[str, str], tenants: Sequence[TenantSpec]) -> dict[str
 
 
 def start_gateway(
-    procs: Processes, name: str, env: Mapping[str, str], core: int | None
+    procs: Processes,
+    name: str,
+    env: Mapping[str, str],
+    core: int | str | None,
+    *,
+    workers: int = 1,
 ) -> tuple[subprocess.Popen, str]:
-    """`gateway serve` on a free port, pinned; (process, base URL) once it listens."""
+    """`gateway serve` on a free port, pinned (`core` may be a taskset list such as "0,1");
+    (process, base URL) once it listens."""
     port = free_port()
-    proc = procs.start(
-        name, pinned(core, [PYTHON, "-m", "gateway", "serve", "--port", str(port)]), env
-    )
+    command = [PYTHON, "-m", "gateway", "serve", "--port", str(port), "--workers", str(workers)]
+    proc = procs.start(name, pinned(core, command), env)
     wait_for_port(port, 60, proc)
     return proc, f"http://127.0.0.1:{port}"
