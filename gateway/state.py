@@ -12,7 +12,7 @@ one gets a new client. A client that is replaced or whose deployment is removed 
 stays open (and a removed deployment stays resolvable in `clients`/`upstream_headers`) for a
 grace period, then is closed. The grace is the old deployment's `timeouts.total_s` plus the old
 retry `deadline_s` plus `RETIRE_SLACK_S`: an attempt starts at most `deadline_s` after its
-request's first, and aiohttp's total timeout ends it `total_s` later, so no request that could
+request's first, and the client's total timeout ends it `total_s` later, so no request that could
 have picked the old client is still using it when it closes. (The httpx client used with an
 injected test transport does not enforce `total_s`.)
 """
@@ -105,7 +105,8 @@ class Gateway:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> Gateway:
         """Create clients for every deployment; call inside the running loop."""
-        clients = {d.name: make_client(d, transport) for d in config.deployments}
+        kind = settings.upstream_client
+        clients = {d.name: make_client(d, transport, kind) for d in config.deployments}
         board = HealthBoard(d.name for d in config.deployments)
         return cls(
             settings=settings,
@@ -159,7 +160,7 @@ class Gateway:
             if previous is not None and _same_pool(previous, deployment):
                 clients[name] = self.clients[name]
                 continue
-            clients[name] = make_client(deployment, self.transport)
+            clients[name] = make_client(deployment, self.transport, self.settings.upstream_client)
             if previous is not None:
                 retired.append((name, self.clients[name], previous))
         retired += [(n, self.clients[n], d) for n, d in before.items() if n not in after]

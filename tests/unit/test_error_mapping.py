@@ -1,4 +1,5 @@
-"""Foreign exceptions are translated where they enter: every httpx and aiohttp error maps."""
+"""Foreign exceptions are translated where they enter: every httpx, aiohttp and pyreqwest error
+maps."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import inspect
 import aiohttp
 import httpx
 import orjson
+import pyreqwest.exceptions
 import pytest
 
 from gateway import errors
@@ -15,6 +17,8 @@ from gateway.upstream.client import (
     aiohttp_errors_in_body,
     httpx_errors_before_response,
     httpx_errors_in_body,
+    pyreqwest_errors_before_response,
+    pyreqwest_errors_in_body,
 )
 
 
@@ -30,6 +34,9 @@ def make(exc_type: type[BaseException]) -> BaseException:
     if issubclass(exc_type, httpx.HTTPStatusError):
         request = httpx.Request("GET", "http://x")
         return exc_type("x", request=request, response=httpx.Response(500, request=request))
+    if issubclass(exc_type, pyreqwest.exceptions.DetailedPyreqwestError):
+        details = {"causes": None, "status": 500, "doc": "", "pos": 0}
+        return exc_type("boom", details)
     try:
         return exc_type("boom")
     except TypeError:
@@ -59,6 +66,26 @@ AIOHTTP_ERRORS = [*concrete_subclasses(aiohttp, aiohttp.ClientError), TimeoutErr
 def test_every_aiohttp_error_maps(exc_type: type[BaseException]) -> None:
     for guard in (aiohttp_errors_before_response, aiohttp_errors_in_body):
         with pytest.raises(errors.UpstreamError), guard("d"):
+            raise make(exc_type)
+
+
+PYREQWEST_ERRORS = concrete_subclasses(pyreqwest.exceptions, pyreqwest.exceptions.PyreqwestError)
+
+
+@pytest.mark.parametrize("exc_type", PYREQWEST_ERRORS, ids=lambda t: t.__name__)
+def test_every_pyreqwest_error_maps(exc_type: type[BaseException]) -> None:
+    for guard in (pyreqwest_errors_before_response, pyreqwest_errors_in_body):
+        with pytest.raises(errors.UpstreamError), guard("d"):
+            raise make(exc_type)
+
+
+def test_pyreqwest_timeouts_are_504_before_response_and_interruptions_after() -> None:
+    timeouts = [e for e in PYREQWEST_ERRORS if issubclass(e, TimeoutError)]
+    assert pyreqwest.exceptions.ReadTimeoutError in timeouts
+    for exc_type in [*timeouts, TimeoutError]:  # TimeoutError: our first-byte deadline
+        with pytest.raises(errors.UpstreamTimeout), pyreqwest_errors_before_response("d"):
+            raise make(exc_type)
+        with pytest.raises(errors.UpstreamInterrupted), pyreqwest_errors_in_body("d"):
             raise make(exc_type)
 
 
