@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,13 +210,20 @@ class _Finish:
         if self._done:
             return
         self._done = True
-        record, self._storing = self.gw.ledger.record(
+        gw = self.gw
+        record, append = gw.ledger.record(
             self.facts, self.trace, used or usage.estimated(self.prompt_tokens())
         )
         if reservation_stands:
-            self.gw.admitter.settle(self.ticket, None)
+            settlement = gw.admitter.settlement(self.ticket, None)
         else:
-            self.gw.admitter.settle(self.ticket, used, record.cost_micros)
+            settlement = gw.admitter.settlement(self.ticket, used, record.cost_micros)
+        if append is None and settlement is None:
+            return
+        if append is not None:
+            self._storing = asyncio.get_running_loop().create_future()
+        # One task for both: it outlives a client that hangs up, and shutdown waits for it.
+        gw.ledger.tasks.spawn(_commit(append, self._storing, settlement), name="call.commit")
 
     async def stored(self) -> None:
         """Wait until the record is in the journal (or spooled); the append itself cannot be
@@ -250,6 +257,24 @@ class _Finish:
             return count_prompt_tokens(self.endpoint, self.payload, model)
         except Exception:  # an estimate must never fail the recording
             return 0
+
+
+async def _commit(
+    append: Coroutine[Any, Any, None] | None,
+    stored: asyncio.Future[None] | None,
+    settlement: Coroutine[Any, Any, None] | None,
+) -> None:
+    """Journal the record (then tell whoever waits for it), then settle the limits."""
+    try:
+        if append is not None:
+            try:
+                await append
+            finally:
+                if stored is not None and not stored.done():
+                    stored.set_result(None)
+    finally:
+        if settlement is not None:
+            await settlement
 
 
 def _passed_headers(response: UpstreamResponse) -> dict[str, str]:

@@ -5,19 +5,20 @@ The proxy fills a `CallFacts` as the call goes (route, statuses, timings) and ca
 `Ledger.record` exactly once per admitted request, whatever happened: upstream error, broken
 stream, client gone. Pricing uses the catalog's in-memory book at the request's start time.
 
-Durability: the append runs as a background task (shutdown waits for it, a client that hangs
-up cannot cancel it), and `record` returns it so the proxy can wait, shielded, until the
-record is stored before the response's last byte goes out: a gateway killed right after
-answering has already journaled that answer. A journal that fails spools to a local file
+Durability: `record` returns the journal append as a coroutine; the proxy runs it in a
+background task (shutdown waits for it, a client that hangs up cannot cancel it) and waits
+until the record is stored before the response's last byte goes out: a gateway killed right
+after answering has already journaled that answer. A journal that fails spools to a local file
 (`spool.SpoolingJournal`), which also counts as stored. An unpriced model is recorded with
 `unpriced = true` and NULL cost, and counted in `unpriced`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.clock import Clock
 from gateway.ledger.journal import Journal, MemoryJournal
@@ -70,9 +71,9 @@ class Ledger:
 
     def record(
         self, facts: CallFacts, trace: RouteTrace, used: UsedTokens
-    ) -> tuple[UsageRecord, asyncio.Future[None] | None]:
-        """Build, price and journal the record of a finished call; also returns the append
-        still under way (None when the journal took it at once)."""
+    ) -> tuple[UsageRecord, Coroutine[Any, Any, None] | None]:
+        """Build and price the record of a finished call and journal it: at once in memory,
+        else the returned append, which the caller must run (see the module docstring)."""
         now_mono = self.clock.monotonic_s()
         price = self.catalog.book.price_at(facts.model, facts.deployment, facts.started_at_s)
         cost = cost_micros(price, used.prompt_tokens, used.completion_tokens) if price else None
@@ -124,7 +125,7 @@ class Ledger:
         if isinstance(self.journal, MemoryJournal):
             self.journal.append_nowait(payload, hour)  # cannot fail: no task needed
             return record, None
-        return record, self.tasks.spawn(self.journal.append(payload, hour), name="ledger.append")
+        return record, self.journal.append(payload, hour)
 
 
 def _access_fields(record: UsageRecord) -> dict[str, object]:

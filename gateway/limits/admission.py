@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,8 +158,17 @@ class Admitter:
     ) -> None:
         """Settle in the background: `used` None keeps the reservation as the charge;
         `cost_micros` (the request's actual cost) corrects the budget's reservation."""
+        settlement = self.settlement(ticket, used, cost_micros)
+        if settlement is not None:
+            self.tasks.spawn(settlement, name="limits.settle")
+
+    def settlement(
+        self, ticket: Ticket | None, used: UsedTokens | None, cost_micros: int | None = None
+    ) -> Coroutine[Any, Any, None] | None:
+        """`settle`'s work as a coroutine for the caller's own background task (it must
+        outlive the request), or None when there is nothing to settle."""
         if ticket is None or ticket.settled:
-            return
+            return None
         ticket.settled = True
         adjustments = ticket.admission.token_adjustments(used.total) if used is not None else ()
         if ticket.budget is not None and used is not None and cost_micros is not None:
@@ -166,10 +176,8 @@ class Admitter:
             if cost_micros != reserved:
                 adjustments = (*adjustments, (spec, cost_micros - reserved))
         if not adjustments and ticket.slot_id is None:
-            return
-        self.tasks.spawn(
-            self._settle(ticket.tenant_id, adjustments, ticket.slot_id), name="limits.settle"
-        )
+            return None
+        return self._settle(ticket.tenant_id, adjustments, ticket.slot_id)
 
     async def _settle(self, tenant_id: str, adjustments: Any, slot_id: str | None) -> None:
         started = time.perf_counter()
