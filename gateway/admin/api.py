@@ -2,6 +2,7 @@
 
 Each `Operation` names its method, path, roles, request/query/response schemas (pydantic, with
 unknown fields forbidden) and handler. `mount` turns them into Starlette routes that, per call:
+refuse an address with too many failed logins (429, `throttle.py`, before any database work),
 authenticate the admin token and check the role (401/403 before anything else), validate the
 query and body (422 with one entry per bad field), run the handler inside one database
 transaction (the audit record commits with the change), and render JSON with a strong ETag.
@@ -26,8 +27,15 @@ from starlette.routing import Route
 
 from gateway.admin.auth import ADMIN, FINANCE, AdminActor, authenticate_admin, require_role
 from gateway.admin.invalidation import Invalidator
+from gateway.admin.throttle import AuthThrottle
 from gateway.clock import Clock
-from gateway.errors import ClientError, InvalidRequest, MethodNotAllowed, NotFound
+from gateway.errors import (
+    ClientError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    Unauthenticated,
+)
 
 ADMIN_ONLY = frozenset({ADMIN})
 READERS = frozenset({ADMIN, FINANCE})
@@ -96,6 +104,7 @@ class AdminServices:
     invalidator: Invalidator | None = None
     served_counts: Callable[[], Awaitable[dict[str, int]]] | None = None
     pending_usage: Callable[[], Awaitable[list[bytes]]] | None = None
+    auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
 
 
 @dataclass
@@ -196,14 +205,21 @@ def _refuse_nul(request: Request) -> None:
 def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         services: AdminServices = request.app.state.admin  # built by the app's lifespan
+        address = request.client.host if request.client else ""
+        now_s = services.clock.monotonic_s()
+        services.auth_throttle.check(address, now_s)
         async with services.sessions() as session:
             async with session.begin():
-                actor = await authenticate_admin(
-                    session,
-                    request.headers.get("authorization"),
-                    bootstrap=services.bootstrap_token,
-                    pepper=services.pepper,
-                )
+                try:
+                    actor = await authenticate_admin(
+                        session,
+                        request.headers.get("authorization"),
+                        bootstrap=services.bootstrap_token,
+                        pepper=services.pepper,
+                    )
+                except Unauthenticated:
+                    services.auth_throttle.failed(address, now_s)
+                    raise
                 require_role(actor, operation.roles)
                 _refuse_nul(request)
                 query = None

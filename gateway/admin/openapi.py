@@ -40,6 +40,7 @@ _ERROR_TEXT = {
     409: "Conflicts with the current state",
     412: "If-Match does not match the current ETag",
     422: "Invalid body or query (field-level errors)",
+    429: "Too many failed admin authentications from this address (see Retry-After)",
 }
 
 
@@ -90,7 +91,7 @@ def build_openapi(operations: Sequence[Operation], *, prefix: str = "/admin/v1")
             if op.csv:
                 content["text/csv"] = {"schema": {"type": "string"}}
             responses[str(op.status)] = {"description": op.summary, "content": content}
-        error_codes = {400, 401, 403, *op.errors}
+        error_codes = {400, 401, 403, 429, *op.errors}
         if op.body is not None or op.query is not None:
             error_codes.add(422)
         for code in sorted(error_codes):

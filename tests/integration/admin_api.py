@@ -58,6 +58,19 @@ class AdminApi:
             headers["authorization"] = f"Bearer {token}"
         return self.client.request(method, PREFIX + path, headers=headers, **kwargs)
 
+    def request_from(
+        self, address: str, method: str, path: str, *, token: str | None = ADMIN_TOKEN
+    ) -> httpx.Response:
+        """Like `request`, from another client address (the app sees `address` as its peer)."""
+        headers = {} if token is None else {"authorization": f"Bearer {token}"}
+        transport = httpx.ASGITransport(app=self.client.app, client=(address, 40000))
+
+        async def send() -> httpx.Response:
+            async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+                return await client.request(method, PREFIX + path, headers=headers)
+
+        return self.run(send)
+
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", path, **kwargs)
 
