@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -82,9 +83,10 @@ class Deployment(_Frozen):
             raise ValueError("health.scrape_load: only vLLM deployments expose /metrics")
         return self
 
-    @property
+    @cached_property
     def base(self) -> str:
-        """The base URL without a trailing slash, ready for `base + "/chat/completions"`."""
+        """The base URL without a trailing slash, ready for `base + "/chat/completions"`
+        (computed once: it is read on every request)."""
         return str(self.base_url).rstrip("/")
 
 
