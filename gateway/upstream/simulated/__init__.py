@@ -34,7 +34,11 @@ requests in flight as `vllm:num_requests_running`), `server` (uvicorn).
 """
 
 from gateway.upstream.simulated.answers import embedding_vector
-from gateway.upstream.simulated.app import SimulatorEdge, create_simulator_app
+from gateway.upstream.simulated.app import (
+    SimulatorEdge,
+    create_simulator_app,
+    credential_fingerprint,
+)
 from gateway.upstream.simulated.errors import SimError, render_error
 from gateway.upstream.simulated.faults import Fault, SimulatedDrop, parse_faults
 from gateway.upstream.simulated.options import OWNED_BY, SimulatorOptions, Style
@@ -57,6 +61,7 @@ __all__ = [
     "SimulatorOptions",
     "Style",
     "create_simulator_app",
+    "credential_fingerprint",
     "embedding_vector",
     "parse_faults",
     "render_error",

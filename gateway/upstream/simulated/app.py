@@ -1,7 +1,9 @@
 """SIMULATOR app: the Starlette app, its routes, the request log and the control API.
 
 Every POST goes through `Simulator.serve`: log the request, authenticate, parse, take a fault,
-then run the endpoint. `GET /_sim/requests` shows what the gateway sent; `POST /_sim/faults`
+then run the endpoint. `GET /_sim/requests` shows what the gateway sent (its headers, with `Authorization` only as a
+SHA-256 fingerprint, so egress tests can tell which credential reached which upstream without
+the log holding one); `POST /_sim/faults`
 queues faults; `POST /_sim/reset` clears both. `SimulatorEdge` labels every response
 `x-simulator: true` and turns a deliberate `SimulatedDrop` into a cut connection.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -85,6 +88,8 @@ class Simulator:
             "stream": False,
             "body": None,
             "had_auth": "authorization" in request.headers,
+            "headers": {k: v for k, v in request.headers.items() if k != "authorization"},
+            "authorization_sha256": credential_fingerprint(request.headers.get("authorization")),
             "t_mono": time.monotonic(),
             "request_id": request.headers.get("x-request-id"),
             "status": None,
@@ -155,6 +160,11 @@ class Simulator:
         """POST /_sim/reset: clear the fault queue and the request log."""
         self.state.reset()
         return Response(b'{"ok":true}', media_type=JSON)
+
+
+def credential_fingerprint(authorization: str | None) -> str | None:
+    """How the request log shows an `Authorization` header: its SHA-256, hex."""
+    return None if authorization is None else hashlib.sha256(authorization.encode()).hexdigest()
 
 
 async def _parse(request: Request) -> dict[str, Any]:

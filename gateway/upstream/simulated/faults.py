@@ -10,6 +10,8 @@ chunks (paced by `token_delay_ms`, at least `ENDLESS_MIN_DELAY_MS` apart) and ne
 usage or `[DONE]`; `stall_after_chunks` sends that many chunks, then nothing, until the client
 leaves. Usage faults: `omit` (no usage anywhere), `wrong` (+1000 each), `negative` (below zero)
 and `absurd` (`ABSURD_TOKENS` each: more than any context, and than a 32-bit column holds).
+A redirect, for the gateway's egress guard: `status` 3xx with `location` answers that status
+with `Location: <location>` (and a small JSON body naming it); 3xx is refused without one.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ _KINDS: dict[str, Callable[[Any], Any]] = {
     "usage": str,
     "ttft_ms": float,
     "token_delay_ms": float,
+    "location": str,
     "path": str,
     "model": str,
 }
@@ -70,6 +73,7 @@ class Fault:
     usage: str | None = None
     ttft_ms: float | None = None
     token_delay_ms: float | None = None
+    location: str | None = None
     path: str | None = None
     model: str | None = None
 
@@ -96,8 +100,9 @@ def _read_fault(values: Mapping[str, Any]) -> Fault:
         raise ValueError(f"hang must be one of {HANGS}")
     if fault.usage is not None and fault.usage not in USAGE_FAULTS:
         raise ValueError(f"usage must be one of {USAGE_FAULTS}")
-    if fault.status is not None and not 400 <= fault.status <= 599:
-        raise ValueError("status must be a 4xx or 5xx code")
+    redirect = fault.status is not None and 300 <= fault.status <= 399 and bool(fault.location)
+    if fault.status is not None and not (400 <= fault.status <= 599 or redirect):
+        raise ValueError("status must be a 4xx or 5xx code, or a 3xx with a location")
     return fault
 
 
@@ -154,4 +159,8 @@ def status_error(fault: Fault) -> SimError | None:
     headers = {}
     if fault.retry_after is not None:
         headers["Retry-After"] = f"{fault.retry_after:g}"
+    if fault.location is not None:
+        headers["Location"] = fault.location
+        body = {"simulated_redirect": fault.location}
+        return SimError(fault.status, "simulated redirect", headers=headers, body=body)
     return SimError(fault.status, f"simulated fault: status {fault.status}", headers=headers)
