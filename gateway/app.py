@@ -39,7 +39,7 @@ from gateway.tasks import BackgroundTasks
 from gateway.upstream.tokenizer import TokenCounter
 from gateway.web import errors as web_errors
 from gateway.web.endpoints import proxy_endpoints
-from gateway.web.middleware import EdgeMiddleware
+from gateway.web.middleware import EdgeMiddleware, GatewayApp
 from gateway.web.routes import routes
 
 log = logging.getLogger("gateway.app")
@@ -144,11 +144,10 @@ def create_app(
             flush_logs()
 
     proxied = proxy_endpoints(settings.max_body_bytes)
-    return Starlette(
+    return GatewayApp(
+        direct=proxied,
         routes=routes(proxied),
-        middleware=[
-            Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, direct=proxied)
-        ],
+        middleware=[Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)],
         exception_handlers={
             GatewayError: web_errors.gateway_error,
             HTTPException: web_errors.http_exception,

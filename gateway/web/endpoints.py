@@ -2,7 +2,7 @@
 
 Each endpoint is an ASGI app that talks to the server directly, without Starlette's `Request`,
 `Response`, router or exception middleware: those cost more per request than authentication,
-limits and the ledger together (docs/performance.md). `EdgeMiddleware` hands matching POSTs
+limits and the ledger together (docs/performance.md). `GatewayApp` hands matching POSTs
 straight here; the Starlette router holds the same apps, so other methods get its 405.
 
 Order: authenticate first (an unauthenticated caller costs one hash and a dict lookup and never

@@ -1,12 +1,9 @@
-"""Pure ASGI middleware at the edge: the hot path's dispatch, a request id on everything, and
-a cap on body size.
+"""The edge: the hot path's dispatch, then pure ASGI middleware for a request id on everything
+and a cap on body size.
 
-Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched and the cost
-is a couple of function calls per request.
-
-- `POST` to a proxied route (`web/endpoints.py`) goes straight to its endpoint app, which sets
-  its own request id and enforces the body cap as it reads: Starlette's router and exception
-  middleware stay off the hot path.
+- `GatewayApp` sends a `POST` to a proxied route (`web/endpoints.py`) straight to its endpoint
+  app, which sets its own request id, enforces the body cap as it reads and renders its own
+  errors: Starlette's middleware stack, router and exception handling stay off the hot path.
 - Everything else gets a gateway-generated id (`web/ids.py`) in `scope["state"]["request_id"]`,
   returned as `x-request-id` on every response, errors included.
 - Bodies are capped: a declared `Content-Length` over the cap is refused before any byte is
@@ -17,36 +14,43 @@ is a couple of function calls per request.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import RequestTooLarge
 from gateway.web.ids import REQUEST_ID_HEADER, new_request_id
 
 
-class EdgeMiddleware:
-    """Hot-path dispatch, request id and body-size cap."""
+class GatewayApp(Starlette):
+    """Starlette, with the proxied POST routes dispatched before its middleware stack."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        max_body_bytes: int,
-        direct: Mapping[str, ASGIApp] | None = None,
-    ) -> None:
+    def __init__(self, *, direct: Mapping[str, ASGIApp], **options: Any) -> None:
+        super().__init__(**options)
+        self._direct = dict(direct)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self._direct.get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+class EdgeMiddleware:
+    """Request id and body-size cap."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.direct = dict(direct or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST":
-            endpoint = self.direct.get(scope["path"])
-            if endpoint is not None:
-                await endpoint(scope, receive, send)
-                return
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (REQUEST_ID_HEADER, request_id.encode())

@@ -16,7 +16,7 @@ from gateway.web.ops import healthz, metrics_endpoint, readyz
 
 def routes(proxied: dict[str, ProxyEndpoint]) -> list[Route | Mount]:
     """All routes of the gateway; `proxied` maps each `/v1` POST path to its raw ASGI app
-    (which `EdgeMiddleware` calls directly: the router only answers their wrong methods)."""
+    (which `GatewayApp` calls directly: the router only answers their wrong methods)."""
     return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
