@@ -13,6 +13,7 @@ limiter breaker) come from a per-process collector and carry a `pid` label in th
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -163,6 +164,13 @@ class StateCollector(Collector):
             outstanding.add_metric([name, *pid], float(health["outstanding"]))
             ejections.add_metric([name, *pid], float(health["ejections"]))
         yield from (up, outstanding, ejections)
+        tasks = GaugeMetricFamily(
+            "gateway_asyncio_tasks",
+            "Tasks alive in this process's event loop (a leak grows it under steady load).",
+            labels=extra,
+        )
+        tasks.add_metric(pid, float(_running_tasks()))
+        yield tasks
         if limiter_degraded is not None:
             breaker = GaugeMetricFamily(
                 "gateway_limiter_degraded",
@@ -171,6 +179,13 @@ class StateCollector(Collector):
             )
             breaker.add_metric(pid, 1.0 if limiter_degraded else 0.0)
             yield breaker
+
+
+def _running_tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped outside the event loop (a test's registry dump)
+        return 0
 
 
 def exposition(state: StateCollector | None) -> tuple[bytes, str]:
