@@ -102,7 +102,8 @@ def statuses(values: Iterable[int]) -> dict[int, int]:
 class Partition:
     """A TCP relay to a server (Redis) that can go silent: while `cut`, bytes in either
     direction are read and dropped, connections stay open, nothing is refused (a silent
-    network partition, like `iptables -j DROP`). Runs its own event loop in a thread."""
+    network partition, like `iptables -j DROP`). Runs its own event loop in a thread; on exit
+    every relayed connection is closed and its tasks have ended."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -110,6 +111,8 @@ class Partition:
         self.cut = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._relays: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._run, name="partition", daemon=True)
 
     @property
@@ -117,14 +120,25 @@ class Partition:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        )
+        self._loop.run_until_complete(self._serve())
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self._ready.set()
-        self._loop.run_forever()
+        await self._stop.wait()
         server.close()
-        self._loop.run_until_complete(server.wait_closed())
+        relays = set(self._relays)
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+        await server.wait_closed()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        relay = asyncio.get_running_loop().create_task(self._relay(reader, writer))
+        self._relays.add(relay)
+        relay.add_done_callback(self._relays.discard)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -132,18 +146,25 @@ class Partition:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
-        )
+        loop = asyncio.get_running_loop()
+        pipes = {
+            loop.create_task(self._pipe(reader, up_writer)),
+            loop.create_task(self._pipe(up_reader, writer)),
+        }
+        try:  # either side closing (or failing) ends the relay
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pipe in pipes:
+                pipe.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
+            for end in (writer, up_writer):
+                end.close()
 
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                if not self.cut.is_set():
-                    sink.write(data)
-                    await sink.drain()
-        finally:
-            sink.close()
+        while data := await source.read(65536):
+            if not self.cut.is_set():
+                sink.write(data)
+                await sink.drain()
 
     def __enter__(self) -> Partition:
         self._thread.start()
@@ -152,5 +173,6 @@ class Partition:
 
     def __exit__(self, *exc: object) -> None:
         self.cut.clear()
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
