@@ -56,7 +56,7 @@ def learned(watcher: SseWatcher) -> tuple[Any, ...]:
     return watcher.usage, watcher.done, watcher.content_events
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(STREAMS | st.binary(max_size=3000), CUTS)
 def test_relay_is_exact_and_split_invariant(stream: bytes, cuts: list[int]) -> None:
     pieces = split(stream, cuts)
@@ -67,7 +67,7 @@ def test_relay_is_exact_and_split_invariant(stream: bytes, cuts: list[int]) -> N
             assert learned(watcher) == learned(watch([stream], hide_usage_chunk=False)[1])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(STREAMS | st.binary(max_size=3000), CUTS, st.booleans())
 def test_hiding_the_usage_chunk_is_split_invariant(
     stream: bytes, cuts: list[int], hold_done: bool

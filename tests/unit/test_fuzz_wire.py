@@ -59,7 +59,7 @@ def check(endpoint: Endpoint, payload: dict[str, Any]) -> None:
         assert error.param.split("[")[0].split(".")[0] in FIELDS
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(REQUESTS, st.sampled_from(list(Endpoint)))
 def test_validate_answers_a_model_or_a_400(payload: dict[str, Any], endpoint: Endpoint) -> None:
     check(endpoint, payload)
