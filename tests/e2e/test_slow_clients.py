@@ -136,7 +136,7 @@ def test_other_tenants_are_served_while_200_slow_clients_trickle(run: Run) -> No
     baseline, during = statistics.median(run.baseline_s), statistics.median(run.during_s)
     # Loose bounds (a shared 2-core box): the point is "not blocked", not a benchmark.
     assert during < max(3 * baseline, baseline + 0.1), run.summary()
-    assert max(run.during_s) < 2.0, run.summary()
+    assert statistics.quantiles(run.during_s, n=100)[98] < 2.0, run.summary()
 
 
 NO_HEAD_DEADLINE = pytest.mark.xfail(
