@@ -179,9 +179,11 @@ def _layout(
 ) -> RenderedChat | None:
     """instruct.py: the strings each turn encodes, and the control tokens around them."""
     prompt_at = -1
-    if system_prompt:  # an empty system prompt is dropped
-        users = [index for index, (role, _) in enumerate(turns) if role == _USER]
-        prompt_at = users[0] if template.system_before_first_user else users[-1]
+    if system_prompt:  # an empty system prompt is dropped; there is always a user turn
+        step = 1 if template.system_before_first_user else -1
+        prompt_at = 0 if step == 1 else len(turns) - 1
+        while turns[prompt_at][0] != _USER:
+            prompt_at += step
     template_tokens = 1  # BOS
     texts = []
     for index, (role, text) in enumerate(turns):
