@@ -174,11 +174,15 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def launch_simulators(
-    stack: ExitStack, tmp: Path, env: dict[str, str]
+    stack: ExitStack,
+    tmp: Path,
+    env: dict[str, str],
+    simulators: dict[str, tuple[str, ...]] = SIMULATORS,
 ) -> dict[str, tuple[int, subprocess.Popen]]:
-    """Start every simulator of `SIMULATORS` without waiting; `stack` stops them."""
+    """Start every simulator of `simulators` (name -> `gateway simulate` arguments) without
+    waiting; `stack` stops them."""
     launched = {}
-    for name, args in SIMULATORS.items():
+    for name, args in simulators.items():
         port = free_port()
         sink = stack.enter_context((tmp / f"sim-{name}.log").open("wb"))
         command = [sys.executable, "-m", "gateway", "simulate", "--port", str(port), *args]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ import pytest
 import yaml
 
 from gateway.upstream.simulated import credential_fingerprint
-from tests.e2e.routing_stack import CHAT_PATH, SMALL, chat_body
-from tests.e2e.stack import base_env, cli, create_tenant, gateway_server, simulator
+from tests.e2e.routing_stack import CHAT_PATH, SMALL, chat_body, launch_simulators
+from tests.e2e.stack import base_env, cli, create_tenant, gateway_server, wait_for_port
 from tests.e2e.test_errors import assert_error
 
 KEYS = {"one": "sk-one-provider-key", "two": "sk-two-provider-key"}
@@ -84,15 +85,19 @@ def egress(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Egress]:
         "GATEWAY_LOG_LEVEL": "WARNING",
         **{f"EGRESS_KEY_{name.upper()}": key for name, key in KEYS.items()},
     }
-    with (
-        simulator("vllm", tmp, env) as one,
-        simulator("mistral", tmp, env) as two,
-        simulator("vllm", tmp, env) as canary,
-    ):
-        sims = {"one": one, "two": two, "canary": canary}
-        env["GATEWAY_CONFIG"] = str(_routing(tmp / "routing.yaml", sims))
-        cli(env, "migrate")
+    styles = {
+        "one": ("--style", "vllm"),
+        "two": ("--style", "mistral"),
+        "canary": ("--style", "vllm"),
+    }
+    with ExitStack() as stack:
+        launched = launch_simulators(stack, tmp, env, styles)
+        cli(env, "migrate")  # while the simulators boot
         _, key = create_tenant(env, "egress", "--residency", "eu")
+        for port, proc in launched.values():
+            wait_for_port(port, timeout_s=60, process=proc)
+        sims = {name: f"http://127.0.0.1:{port}" for name, (port, _) in launched.items()}
+        env["GATEWAY_CONFIG"] = str(_routing(tmp / "routing.yaml", sims))
         with gateway_server(env, tmp / "gateway.log") as base_url:
             yield Egress(base_url, key, sims)
 
