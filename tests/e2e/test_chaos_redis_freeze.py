@@ -20,6 +20,12 @@ What must hold, with the oracle that shows it:
 - ledger complete afterwards: the records appended while Redis was frozen went to the spool
   and were replayed, so the ledger holds exactly one row per request the upstream saw (SQL,
   simulator log) and the stream is drained.
+
+Two measured side effects of a freeze (reported, see docs/reliability.md): a timed-out XADD
+sent into the frozen Redis runs when it resumes while the record was also spooled and
+replayed, so the stream's served counter ends above the rows; and when both copies land in one
+writer batch the daily rollup counts the record twice (the exactly-once check then fails; the
+deterministic reproduction is tests/integration/test_ledger_repeated_record.py).
 """
 
 from __future__ import annotations
@@ -155,34 +161,38 @@ def test_redis_frozen_under_load_fails_open_to_the_local_share_and_loses_no_row(
         assert "cmdstat_eval" not in commands
         assert "NOSCRIPT" not in logs
 
-        # The ledger: every request the upstream saw, exactly once; every 200 among them.
+        # The ledger, measured first (reported even when an assertion below fails).
         ok_ids = {a.request_id for a in answers if a.status == 200}
-        assert ok_ids <= upstream_ids
-        assert_exactly_once(setup.ledger, upstream_ids)
-        duplicates = setup.ledger.duplicates()
-        assert duplicates == 0
         rows = setup.ledger.rows()
-        assert {rows[i].status for i in ok_ids} == {200}
+        duplicates = setup.ledger.duplicates()
+        events, daily = setup.ledger.totals()
         served_counted = setup.ledger.served()
+        before_freeze = [a.latency_s for a in answers if a.done_mono < frozen]
+        report(
+            "redis frozen",
+            freeze_s=FREEZE_S,
+            requests=len(answers),
+            statuses=statuses(a.status for a in answers),
+            latency_before_p50=ms(percentile(before_freeze, 50)),
+            latency_before_p99=ms(percentile(before_freeze, 99)),
+            latency_frozen_p50=ms(percentile((a.latency_s for a in during), 50)),
+            latency_frozen_p99=ms(percentile((a.latency_s for a in during), 99)),
+            slowest_frozen=ms(slowest),
+            admitted_frozen=len(admitted),
+            allowed_by_shares=f"{allowed:.0f}",
+            full_limit_same_span=f"{full_limit:.0f}",
+            overshoot_vs_limit=f"{len(admitted) / full_limit:.2f}x",
+            recovery_s="/".join(f"{r:.2f}" for r in recovery if r is not None),
+            upstream_requests=len(upstream_ids),
+            rows=len(rows),
+            lost_rows=len(upstream_ids - set(rows)),
+            duplicate_rows=duplicates,
+            rollup_minus_rows=daily[0] - events[0],
+            served_counter_minus_rows=served_counted - len(rows),
+        )
 
-    before_freeze = [a.latency_s for a in answers if a.done_mono < frozen]
-    report(
-        "redis frozen",
-        freeze_s=FREEZE_S,
-        requests=len(answers),
-        statuses=statuses(a.status for a in answers),
-        latency_before_p50=ms(percentile(before_freeze, 50)),
-        latency_before_p99=ms(percentile(before_freeze, 99)),
-        latency_frozen_p50=ms(percentile((a.latency_s for a in during), 50)),
-        latency_frozen_p99=ms(percentile((a.latency_s for a in during), 99)),
-        slowest_frozen=ms(slowest),
-        admitted_frozen=len(admitted),
-        allowed_by_shares=f"{allowed:.0f}",
-        full_limit_same_span=f"{full_limit:.0f}",
-        overshoot_vs_limit=f"{len(admitted) / full_limit:.2f}x",
-        recovery_s="/".join(f"{r:.2f}" for r in recovery if r is not None),
-        rows=len(upstream_ids),
-        lost_rows=len(upstream_ids - set(rows)),
-        duplicate_rows=duplicates,
-        served_counter_minus_rows=served_counted - len(upstream_ids),
-    )
+        # Every request the upstream saw, exactly once; every 200 among them.
+        assert ok_ids <= upstream_ids
+        assert duplicates == 0
+        assert {rows[i].status for i in ok_ids} == {200}
+        assert_exactly_once(setup.ledger, upstream_ids)
