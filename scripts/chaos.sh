@@ -7,7 +7,8 @@
 #   GATEWAY_CHAOS_REPORT as JSON lines); the summary below collects them.
 # Needs what scripts/test.sh sets up (.venv, Postgres and Redis binaries). Runs under `nice`:
 # the machine has two cores. Extra arguments go to pytest (e.g. `-k redis_frozen`).
-# GATEWAY_CHAOS_SEED fixes the moments of the random kills (the run prints its seed).
+# GATEWAY_CHAOS_SEED fixes the moments of the random kills (the run prints its seed);
+# CHAOS_COMMIT labels a run from an exported tree (`git archive`) that has no .git.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,9 +30,9 @@ tests=(
   tests/e2e/test_routing.py
 )
 # The lines of measured numbers the tests print.
-numbers='^[.xXsFE]*(chaos: |ledger: |fail-open: |fail-closed: |frozen Redis: |storm: |standalone |cluster |gaps |Retry-After|ejected |equal replicas|one slow|readmitted|upstream )'
+numbers='^[.xXsFE]*(chaos: |ledger: |fail-open: |fail-closed: |frozen Redis: |storm: |standalone |cluster |gaps |Retry-After|ejected |equal replicas|one slow|readmitted|upstream stream ended|upstream request ended)'
 started=$(date -u +%s)
-echo "chaos run $(date -u +%FT%TZ) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'); log: $out/pytest.log"
+echo "chaos run $(date -u +%FT%TZ) at ${CHAOS_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}; log: $out/pytest.log"
 nice .venv/bin/pytest -s -q -rxXfE "${tests[@]}" "$@" 2>&1 | tee "$out/pytest.log" |
   grep -E "$numbers|passed|failed|XFAIL|XPASS|ERROR"
 status=${PIPESTATUS[0]}

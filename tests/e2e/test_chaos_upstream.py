@@ -222,28 +222,25 @@ def test_an_answer_without_usage_is_estimated_with_its_completion_tokens(gw: Gat
     "as the provider's, and the row overflows usage_events' INTEGER token columns: the writer's "
     "batch fails on every retry and the ledger stops (gateway/ledger/usage.py, db/tables.py)",
 )
-def test_absurd_usage_is_not_billed_and_does_not_block_the_ledger(
-    tmp_path: Path, pg_server: PostgresServer, redis_srv: RedisServer, upstream: str
-) -> None:
-    # A gateway of its own: if the ledger blocks, it blocks only this test's.
-    with short_gateway(pg_server, redis_srv, tmp_path, upstream) as gw:
-        honest = send(gw, "chat", None)
-        absurd = [{"usage": "absurd"}] * 2
-        httpx.post(f"{upstream}/_sim/faults", json=absurd, timeout=5).raise_for_status()
-        served = run_load(gw.url, gw.setup.key, ["chat", "stream", "chat"], concurrency=1).served
-        assert [s.status for s in served] == [200] * 3  # relayed as is: no 5xx either way
-        ids = [s.request_id for s in served]
-        rows: dict[str, Row] = {}
-        deadline = time.monotonic() + 5
-        while len(rows) < len(ids) and time.monotonic() < deadline:
-            rows = {i: r for i, r in gw.setup.ledger.rows().items() if i in ids}
-            time.sleep(0.2)
-        report(
-            "usage absurd (chat, stream, then an honest chat)",
-            rows_written_of_3=len(rows),
-            writer_failures=total(metrics(gw.url), "gateway_ledger_failures_total"),
-        )
-        assert set(rows) == set(ids), "the ledger stopped"
-        for request_id in ids[:2]:
-            assert rows[request_id].token_source in ("estimated", "metered")
-            assert rows[request_id].completion_tokens <= 10 * honest.row.completion_tokens
+def test_absurd_usage_is_not_billed_and_does_not_block_the_ledger(gw: Gateway) -> None:
+    """Last in this module on purpose: today it stops the module gateway's ledger writer."""
+    honest = send(gw, "chat", None)
+    absurd = [{"usage": "absurd"}] * 2
+    httpx.post(f"{gw.sim_url}/_sim/faults", json=absurd, timeout=5).raise_for_status()
+    served = run_load(gw.url, gw.setup.key, ["chat", "stream", "chat"], concurrency=1).served
+    assert [s.status for s in served] == [200] * 3  # relayed as is: no 5xx either way
+    ids = [s.request_id for s in served]
+    rows: dict[str, Row] = {}
+    deadline = time.monotonic() + 5
+    while len(rows) < len(ids) and time.monotonic() < deadline:
+        rows = {i: r for i, r in gw.setup.ledger.rows().items() if i in ids}
+        time.sleep(0.2)
+    report(
+        "usage absurd (chat, stream, then an honest chat)",
+        rows_written_of_3=len(rows),
+        writer_failures=total(metrics(gw.url), "gateway_ledger_failures_total"),
+    )
+    assert set(rows) == set(ids), "the ledger stopped"
+    for request_id in ids[:2]:
+        assert rows[request_id].token_source in ("estimated", "metered")
+        assert rows[request_id].completion_tokens <= 10 * honest.row.completion_tokens
