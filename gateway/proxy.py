@@ -32,7 +32,7 @@ from gateway.ledger import usage
 from gateway.ledger.ledger import CallFacts
 from gateway.ledger.usage import UsedTokens
 from gateway.limits.admission import Ticket
-from gateway.limits.tokens import count_prompt_tokens
+from gateway.limits.tokens import count_prompt_tokens, count_text_tokens
 from gateway.routing.attempts import Answer
 from gateway.routing.plan import Target
 from gateway.routing.trace import RouteTrace
@@ -127,7 +127,7 @@ async def forward(
             deployment.base + call.path, headers, call.body
         )
         facts.upstream_latency_s = clock.monotonic_s() - sent_s
-        if response.status >= 400:
+        if response.status >= 300:  # a redirect is never followed, nor relayed as an answer
             body = await response.read(ERROR_BODY_LIMIT_BYTES)
             raise normalise_upstream_error(
                 response.status,
@@ -176,6 +176,8 @@ async def forward(
         raise
     answer.finished(ok=True)
     used, facts.upstream_id = usage.from_body(body)
+    if used is None and response.status < 300:  # no usage reported: count the answer ourselves
+        used = usage.estimated(finish.prompt_tokens(), finish.answer_tokens(body))
     finish.done(used)
     await finish.stored()
     return Relayed(response.status, media_type, out_headers, body, trace)
@@ -246,6 +248,16 @@ class _Finish:
             None if reservation_stands else usage.NOTHING_USED,
             reservation_stands=reservation_stands,
         )
+
+    def answer_tokens(self, body: bytes) -> int:
+        """The generated text of a whole answer, counted (for an answer without usage)."""
+        model = self.facts.upstream_model
+        if model is None or self.endpoint is Endpoint.EMBEDDINGS:
+            return 0
+        try:
+            return count_text_tokens(usage.answer_text(body), model)
+        except Exception:  # an estimate must never fail the recording
+            return 0
 
     def prompt_tokens(self) -> int:
         if self.ticket is not None and self.ticket.prompt_tokens:

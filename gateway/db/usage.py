@@ -48,7 +48,10 @@ async def insert_usage(session: AsyncSession, records: Sequence[UsageRecord]) ->
     if not records:
         return 0
     insert = _insert(session)
-    rows = [as_row(r) for r in records]
+    # A record can be in one batch twice (replayed from the spool while its first append also
+    # landed): insert and roll up each request once, or usage_daily would count it twice.
+    unique = {r.request_id: r for r in reversed(records)}  # the first copy wins
+    rows = [as_row(r) for r in reversed(unique.values())]
     events = UsageEvent.__table__
     statement = (
         insert(events)

@@ -31,8 +31,20 @@ class UsedTokens:
         return self.prompt_tokens + self.completion_tokens
 
 
+# No model reads or writes more tokens in one request (the largest context windows are ~1-2M);
+# a count above this is the upstream's bug, and billing it would also overflow the ledger's
+# 32-bit token columns and stop the writer. It is treated as no usage at all.
+MAX_PLAUSIBLE_TOKENS = 50_000_000
+
+
 def _as_count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_PLAUSIBLE_TOKENS
+    ):
+        return value
+    return None
 
 
 def from_usage(usage: Mapping[str, Any] | None) -> UsedTokens | None:
@@ -40,9 +52,11 @@ def from_usage(usage: Mapping[str, Any] | None) -> UsedTokens | None:
     if not isinstance(usage, Mapping):
         return None
     prompt = _as_count(usage.get("prompt_tokens"))
-    completion = _as_count(usage.get("completion_tokens")) or 0
-    if prompt is None:
+    raw_completion = usage.get("completion_tokens")
+    completion = _as_count(raw_completion)
+    if prompt is None or (raw_completion is not None and completion is None):
         return None
+    completion = completion or 0
     return UsedTokens(prompt, completion, "provider")
 
 
@@ -58,9 +72,40 @@ def from_body(body: bytes) -> tuple[UsedTokens | None, str | None]:
     return from_usage(parsed.get("usage")), upstream_id if isinstance(upstream_id, str) else None
 
 
-def estimated(prompt_tokens: int) -> UsedTokens:
-    """No usage was reported and nothing was metered: the counted prompt, marked estimated."""
-    return UsedTokens(prompt_tokens, 0, "estimated")
+def estimated(prompt_tokens: int, completion_tokens: int = 0) -> UsedTokens:
+    """No usage was reported: the counted prompt (and the answer's text, counted, when the
+    gateway holds it), marked estimated."""
+    return UsedTokens(prompt_tokens, completion_tokens, "estimated")
+
+
+def answer_text(body: bytes) -> str:
+    """The generated text of a whole JSON answer (message contents and tool-call arguments of
+    every choice), for estimating its tokens when the upstream reported none."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    choices = parsed.get("choices") if isinstance(parsed, dict) else None
+    parts: list[str] = []
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            text = choice.get("text") if isinstance(choice, dict) else None  # completions
+            if isinstance(text, str):
+                parts.append(text)
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [
+                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            ]
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                parts.append(function["arguments"])
+    return "".join(parts)
 
 
 def metered(prompt_tokens: int, content_events: int) -> UsedTokens:

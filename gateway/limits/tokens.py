@@ -30,3 +30,8 @@ def count_prompt_tokens(endpoint: Endpoint, payload: dict[str, Any], upstream_mo
     if all(isinstance(item, int) for item in value):  # one input, already token ids
         return len(value)
     return sum(len(item) for item in value)  # several inputs of token ids
+
+
+def count_text_tokens(text: str, upstream_model: str) -> int:
+    """Tokens of plain text (an answer's content) with the model's tokenizer."""
+    return TokenCounter.for_model(upstream_model).count_text(text).tokens if text else 0

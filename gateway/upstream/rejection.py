@@ -76,6 +76,15 @@ def normalise_upstream_error(
     status: int, body: bytes, *, deployment: str, retry_after: str | None
 ) -> UpstreamRejected:
     """Build the OpenAI-shaped error for an upstream error response."""
+    if 300 <= status < 400:  # its body and Location may name internal hosts: echo neither
+        return UpstreamRejected(
+            502,
+            f"The upstream `{deployment}` answered with a redirect (status {status}); the "
+            "gateway never follows one. An operator must fix the deployment's URL.",
+            type_="api_error",
+            code="upstream_redirect",
+            deployment=deployment,
+        )
     if status in (401, 403):
         return UpstreamRejected(
             502,

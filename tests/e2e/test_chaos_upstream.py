@@ -1,7 +1,7 @@
 """Upstreams that misbehave without failing: streams that never end, and usage blocks that are
 missing or wrong (the issue's R21 and R22), through a production gateway to the ledger.
 
-The deployment's timeouts are short here (`read_s` 1 s, `total_s` 3 s), so a stream that
+The deployment's timeouts are short here (`read_s` 1 s, `total_s` 2 s), so a stream that
 never ends is cut by them:
 - an endless stream (content chunks forever, no finish, no usage) is cut at `total_s`;
 - a stream that goes silent after three chunks is cut `read_s` after the last one;
@@ -38,7 +38,7 @@ from tests.services import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-READ_S, TOTAL_S = 1.0, 3.0
+READ_S, TOTAL_S = 1.0, 2.0
 SHORT = {"connect_s": 2, "first_byte_s": 5, "read_s": READ_S, "total_s": TOTAL_S}
 SLACK_S = 1.0
 ROW_TIMEOUT_S = 15.0
@@ -152,7 +152,8 @@ def test_a_stream_that_never_ends_is_cut_by_the_deadline_and_billed_for_what_was
     # Honest row: what the client received, metered, with the error it saw.
     assert (row.status, row.error_code, row.token_source) == (200, served.error_code, "metered")
     assert row.completion_tokens == served.events
-    assert served.events <= entry["events_sent"] <= served.events + 2  # +chunks in flight
+    # The upstream may have sent a few chunks more that were in flight at the cut (unbilled).
+    assert served.events <= entry["events_sent"] <= served.events + 10
     assert row.prompt_tokens > 0 and row.cost_micros is not None and row.cost_micros > 0
     report(
         f"stream never ends ({next(iter(fault))})",
@@ -199,12 +200,6 @@ def test_missing_or_negative_usage_is_recorded_estimated_or_metered(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a whole JSON answer without usage is recorded `estimated` with 0 completion "
-    "tokens (gateway/proxy.py forward: usage.estimated(prompt) only), though the gateway holds "
-    "the answer's text and a tokenizer",
-)
 def test_an_answer_without_usage_is_estimated_with_its_completion_tokens(gw: Gateway) -> None:
     honest = send(gw, "chat", None)
     out = send(gw, "chat", {"usage": "omit"})
@@ -216,12 +211,6 @@ def test_an_answer_without_usage_is_estimated_with_its_completion_tokens(gw: Gat
     assert out.row.completion_tokens == honest.row.completion_tokens
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: usage.from_usage accepts any non-negative count, so 10^10 tokens are billed "
-    "as the provider's, and the row overflows usage_events' INTEGER token columns: the writer's "
-    "batch fails on every retry and the ledger stops (gateway/ledger/usage.py, db/tables.py)",
-)
 def test_absurd_usage_is_not_billed_and_does_not_block_the_ledger(gw: Gateway) -> None:
     """Last in this module on purpose: today it stops the module gateway's ledger writer."""
     honest = send(gw, "chat", None)

@@ -180,11 +180,6 @@ def test_a_redirect_is_not_followed(gw: Egress, status: int) -> None:
         assert "location" not in response.headers  # nor is it handed to the client to follow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy.py treats any status below 400 as success: a 3xx from an upstream is relayed "
-    "to the client as the answer (status and body) and billed as a completed call",
-)
 @pytest.mark.parametrize("status", [302, 307])
 def test_a_redirect_is_an_upstream_error_to_the_client(gw: Egress, status: int) -> None:
     fault = {"status": status, "location": f"{gw.sims['canary']}{CHAT_PATH}"}

@@ -43,12 +43,6 @@ def database_url(
         pg_server.drop_database(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: gateway/db/usage.py insert_usage sums the rollup over every record whose "
-    "request_id was inserted, so a record present twice in one batch counts twice in "
-    "usage_daily (requests, tokens, cost) while usage_events holds it once",
-)
 async def test_a_record_twice_in_one_batch_counts_once(database_url: str) -> None:
     engine = make_engine(Settings(database_url=database_url))
     sessions = make_sessionmaker(engine)
