@@ -114,7 +114,7 @@ def locked(
         ):
             assert _admin_get(url, "/reconciliation?hours=1")[0] == 200  # unlocked: answers
             with running_load(url, setup.key, KINDS, concurrency=8) as load:
-                time.sleep(1.5)
+                time.sleep(1.0)
                 rows_before = setup.ledger.count()
                 with locked_for(setup.ledger.dsn or "", LOCK_S) as granted:
                     time.sleep(0.5)
@@ -123,7 +123,7 @@ def locked(
                     time.sleep(max(0.0, LOCK_S - 0.3 - (time.monotonic() - granted)))
                     backlog = setup.ledger.backlog()
                 released = time.monotonic()
-                time.sleep(1.5)
+                time.sleep(0.5)
             ids = load.result.ids()
             setup.ledger.wait_for(len(ids), DRAIN_TIMEOUT_S)
             caught_up_s = time.monotonic() - released

@@ -67,9 +67,9 @@ SHARE_RPM, SHARE_BURST = RPM // REPLICAS, RPM_BURST // REPLICAS
 REDIS_TIMEOUT_S = 0.2  # as test_redis_outage: no spurious timeouts on two busy cores
 SLACK_S = 1.0
 RECOVERY_S = 3.0  # breaker cooldown (1 s) + scheduling slack
-BEFORE_S = sized(2.0, 5.0)
+BEFORE_S = sized(1.5, 5.0)
 FREEZE_S = sized(3.0, 30.0)
-AFTER_S = 2.0
+AFTER_S = sized(1.0, 2.0)
 CLIENTS_PER_REPLICA = 4
 KINDS = ("chat", "stream", "sdk-chat", "embed", "sdk-stream", "fim")
 

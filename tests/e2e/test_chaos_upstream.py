@@ -12,10 +12,10 @@ code the client saw.
 Missing or negative usage (a JSON body without usage, a stream whose chunks carry none,
 numbers below zero) is answered 200 and recorded `estimated` (whole bodies: the gateway's own
 prompt count) or `metered` (streams: one token per delivered chunk), counted in
-`gateway_token_source_total`, never dropped. Two strict xfails record defects: an estimated
-body bills no completion tokens though the gateway holds the answer's text, and an absurd
-usage (10^10 tokens) is billed as the provider's and then blocks the ledger (it overflows the
-32-bit token columns, so the writer's batch fails forever).
+`gateway_token_source_total`, never dropped. An estimated body counts the answer's own text
+as its completion, and an absurd usage (10^10 tokens) is treated as no usage: until a642840
+both were defects (0 completion tokens; an absurd count billed as the provider's, overflowing
+the 32-bit token columns so that the writer's batch failed forever and the ledger stopped).
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def test_an_answer_without_usage_is_estimated_with_its_completion_tokens(gw: Gat
 
 
 def test_absurd_usage_is_not_billed_and_does_not_block_the_ledger(gw: Gateway) -> None:
-    """Last in this module on purpose: today it stops the module gateway's ledger writer."""
+    """Last in this module on purpose: should it regress, it stops the module's ledger."""
     honest = send(gw, "chat", None)
     absurd = [{"usage": "absurd"}] * 2
     httpx.post(f"{gw.sim_url}/_sim/faults", json=absurd, timeout=5).raise_for_status()
