@@ -2,9 +2,9 @@
 
 It happens for real: a Redis frozen mid-XADD executes the buffered XADD when it resumes, while
 the gateway, which timed out, spooled the record and replays it (the long Redis-freeze chaos
-run found the daily rollup 2 requests above the rows). `insert_usage` de-duplicates the rows
-by `ON CONFLICT (request_id) DO NOTHING`, but sums the rollup over every record whose id was
-inserted, copies included (strict xfail until fixed; on SQLite and Postgres).
+run found the daily rollup 2 requests above the rows: `insert_usage` de-duplicated the rows
+by `ON CONFLICT (request_id) DO NOTHING` but summed the rollup over every copy; fixed in
+a642840). On SQLite and Postgres.
 """
 
 from __future__ import annotations
