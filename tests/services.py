@@ -65,6 +65,19 @@ class PostgresServer:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    @contextmanager
+    def migrated_database(self) -> Iterator[str]:
+        """A new database at the migrations' head; yields its async URL, drops it on exit."""
+        from gateway.db import migrate  # the gateway only where a test asks for its schema
+
+        name = self.create_database()
+        try:
+            url = self.async_url(name)
+            migrate.upgrade(url)
+            yield url
+        finally:
+            self.drop_database(name)
+
 
 def _pg_ctl() -> str:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or [shutil.which("pg_ctl") or ""]

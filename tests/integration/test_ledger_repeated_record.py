@@ -34,13 +34,8 @@ def database_url(
         migrate.upgrade(url)
         yield url
         return
-    name = pg_server.create_database()
-    try:
-        url = pg_server.async_url(name)
-        migrate.upgrade(url)
+    with pg_server.migrated_database() as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 async def test_a_record_twice_in_one_batch_counts_once(database_url: str) -> None:

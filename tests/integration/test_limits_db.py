@@ -75,13 +75,8 @@ def sqlite_db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def postgres_db_url(pg_server: PostgresServer) -> Iterator[str]:
-    name = pg_server.create_database()
-    try:
-        url = pg_server.async_url(name)
-        migrate.upgrade(url)
+    with pg_server.migrated_database() as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

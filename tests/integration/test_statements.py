@@ -159,13 +159,8 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def postgres_url(pg_server: PostgresServer) -> Iterator[str]:
-    name = pg_server.create_database()
-    try:
-        url = pg_server.async_url(name)
-        migrate.upgrade(url)
+    with pg_server.migrated_database() as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
