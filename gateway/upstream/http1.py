@@ -16,7 +16,7 @@ at the earliest time it was armed for and re-checks the current deadline (`first
 
 Failure mode: connect failures and a connection lost (or garbled) before the headers become
 `UpstreamUnavailable` (nothing was answered; retryable); no headers by `first_byte_s`
-(queueing for a connection included) `UpstreamTimeout`; a body that breaks, stalls past
+(queueing for a connection included), or `read_s` after the request was sent, `UpstreamTimeout`; a body that breaks, stalls past
 `read_s` or runs past `total_s` `UpstreamInterrupted`. Every one of these aborts the connection.
 
 Invariants: at most `max_connections` connections per origin, further callers queue FIFO;
@@ -96,8 +96,12 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.state = _HEAD
+        now = self.loop.time()
+        timeouts = self.pool.timeouts
+        # Silence before the headers is silence too: read_s bounds it, as in aiohttp and reqwest.
+        head_due = min(head_due, now + timeouts.read_s)
         self._head_due = head_due
-        self._total_due = self.loop.time() + self.pool.timeouts.total_s
+        self._total_due = now + timeouts.total_s
         if len(body) < 65536:  # one send; a big body is not worth copying
             transport.write(head + body)
         else:
@@ -140,8 +144,7 @@ class _Connection(asyncio.Protocol):
         if self.state != _DONE or transport is None:
             self.abort()
         elif self.keep_alive and not transport.is_closing() and not self.pool.closed:
-            self.state = _IDLE
-            self.headers = _Headers()
+            self.state = _IDLE  # the next response gets fresh headers in on_message_begin
             self.pool.put(self)
         else:
             self.state = _BROKEN
@@ -536,11 +539,7 @@ class Http1Client:
         """Send the request and return once the status line and headers are in."""
         target = self._targets.get(url) or self._target(url)
         pool, start = target
-        lines = "\r\n".join(map(": ".join, headers.items()))
-        breaks = len(headers) - 1
-        if lines.count("\n") != breaks or lines.count("\r") != breaks:
-            raise ValueError("a request header holds a line break")
-        head = b"%scontent-length: %d\r\n%s\r\n\r\n" % (start, len(body), lines.encode("latin-1"))
+        head = b"%scontent-length: %d\r\n%s\r\n" % (start, len(body), _header_lines(headers))
         due = pool.loop.time() + self._timeouts.first_byte_s
         conn = pool.take_idle() or await pool.acquire(due)
         await conn.exchange(head, body, due)
@@ -579,6 +578,17 @@ class Http1Client:
         if len(self._targets) < _MAX_CACHED_TARGETS:
             self._targets[url] = (pool, start)
         return pool, start
+
+
+def _header_lines(headers: Mapping[str, str]) -> bytes:
+    """`name: value\r\n` for each header, refusing line breaks (no header injection)."""
+    if not headers:
+        return b""
+    text = "\r\n".join(map(": ".join, headers.items()))  # joins in C: cheaper than f-strings
+    breaks = len(headers) - 1
+    if text.count("\n") != breaks or text.count("\r") != breaks:
+        raise ValueError("a request header holds a line break")
+    return text.encode("latin-1") + b"\r\n"
 
 
 def _default_tls_context() -> ssl.SSLContext:
