@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 
 from gateway.admin.api import AdminServices
 from gateway.admin.invalidation import Invalidator
+from gateway.admin.throttle import AuthThrottle
 from gateway.auth.principal import Authenticator
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig, load_config
@@ -41,6 +42,7 @@ from gateway.web import errors as web_errors
 from gateway.web.endpoints import proxy_endpoints
 from gateway.web.middleware import EdgeMiddleware, GatewayApp
 from gateway.web.routes import routes
+from gateway.web.server_protocol import DeadlineHttpToolsProtocol
 
 log = logging.getLogger("gateway.app")
 
@@ -108,6 +110,10 @@ def create_app(
             invalidator=invalidator,
             served_counts=pipeline.served_counts,
             pending_usage=pipeline.pending_payloads,
+            auth_throttle=AuthThrottle(
+                max_failures=settings.admin_auth_max_failures,
+                window_s=settings.admin_auth_window_s,
+            ),
         )
         app.state.redis_probe = pubsub_client
         app.state.metrics_state = metrics.StateCollector(
@@ -143,11 +149,17 @@ def create_app(
                 await redis_limiter.aclose()
             flush_logs()
 
-    proxied = proxy_endpoints(settings.max_body_bytes)
+    proxied = proxy_endpoints(settings.max_body_bytes, settings.request_body_timeout_s)
     return GatewayApp(
         direct=proxied,
         routes=routes(proxied),
-        middleware=[Middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)],
+        middleware=[
+            Middleware(
+                EdgeMiddleware,
+                max_body_bytes=settings.max_body_bytes,
+                body_timeout_s=settings.request_body_timeout_s,
+            )
+        ],
         exception_handlers={
             GatewayError: web_errors.gateway_error,
             HTTPException: web_errors.http_exception,
@@ -184,6 +196,7 @@ def create_app_from_env() -> Starlette:
     """uvicorn's factory: settings from the environment, the routing file they name."""
     settings = Settings()
     configure_logging(settings.log_level)
+    DeadlineHttpToolsProtocol.head_timeout_s = settings.request_head_timeout_s
     if not settings.access_log:
         logging.getLogger("gateway.access").setLevel(logging.WARNING)
     return create_app(settings, load_config(settings.config), config_path=settings.config)

@@ -91,7 +91,7 @@ def serve(settings: Settings, config: GatewayConfig) -> None:
             port=settings.port,
             workers=settings.workers,
             loop="uvloop" if _has_uvloop() else "asyncio",
-            http="httptools",
+            http="gateway.web.server_protocol:DeadlineHttpToolsProtocol",
             log_level=settings.log_level.lower(),
             access_log=False,
             timeout_graceful_shutdown=25,

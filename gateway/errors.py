@@ -9,6 +9,7 @@ GatewayError
 │   ├── ModelNotFound           404 invalid_request_error / model_not_found
 │   ├── NotFound                404 invalid_request_error / not_found (unknown route)
 │   ├── MethodNotAllowed        405 invalid_request_error / method_not_allowed
+│   ├── RequestTimeout          408 invalid_request_error / request_timeout (a trickled body)
 │   ├── RequestTooLarge         413 invalid_request_error / request_too_large
 │   ├── RateLimited             429 rate_limit_error / rate_limit_exceeded (+ retry_after_s)
 │   └── BudgetExhausted         429 insufficient_quota / insufficient_quota
@@ -108,6 +109,14 @@ class NotFound(ClientError):
 class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"The request body did not arrive within {limit_s:g} s; send it at once.")
 
 
 class RequestTooLarge(ClientError):

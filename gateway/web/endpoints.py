@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, RequestTooLarge
+from gateway.errors import GatewayError, RequestTimeout, RequestTooLarge
 from gateway.proxy import Relayed, Streamed, forward
 from gateway.routing.residency import RESIDENCY_HEADER
 from gateway.state import Gateway
@@ -46,11 +46,12 @@ class _ClientGone(Exception):
 class ProxyEndpoint:
     """One proxied route, e.g. `POST /v1/chat/completions`."""
 
-    __slots__ = ("endpoint", "max_body_bytes")
+    __slots__ = ("body_timeout_s", "endpoint", "max_body_bytes")
 
-    def __init__(self, endpoint: Endpoint, *, max_body_bytes: int) -> None:
+    def __init__(self, endpoint: Endpoint, *, max_body_bytes: int, body_timeout_s: float) -> None:
         self.endpoint = endpoint
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.setdefault("state", {})
@@ -73,7 +74,11 @@ class ProxyEndpoint:
             principal = await gw.auth.authenticate(
                 authorization.decode("latin-1") if authorization is not None else None
             )
-            body = await _read_body(receive, length, self.max_body_bytes)
+            try:
+                async with asyncio.timeout(self.body_timeout_s):  # a trickled body is cut off
+                    body = await _read_body(receive, length, self.max_body_bytes)
+            except TimeoutError:
+                raise RequestTimeout(self.body_timeout_s) from None
             payload = parse_json_object(body)
             model = validate(self.endpoint, payload)
             watcher = asyncio.get_running_loop().create_task(
@@ -197,10 +202,14 @@ async def _send_error(
         await send({"type": "http.response.body", "body": body})
 
 
-def proxy_endpoints(max_body_bytes: int) -> dict[str, ProxyEndpoint]:
+def proxy_endpoints(max_body_bytes: int, body_timeout_s: float) -> dict[str, ProxyEndpoint]:
     """Path → endpoint app for every proxied route."""
+    paths = {
+        "/v1/chat/completions": Endpoint.CHAT,
+        "/v1/fim/completions": Endpoint.FIM,
+        "/v1/embeddings": Endpoint.EMBEDDINGS,
+    }
     return {
-        "/v1/chat/completions": ProxyEndpoint(Endpoint.CHAT, max_body_bytes=max_body_bytes),
-        "/v1/fim/completions": ProxyEndpoint(Endpoint.FIM, max_body_bytes=max_body_bytes),
-        "/v1/embeddings": ProxyEndpoint(Endpoint.EMBEDDINGS, max_body_bytes=max_body_bytes),
+        path: ProxyEndpoint(endpoint, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
+        for path, endpoint in paths.items()
     }

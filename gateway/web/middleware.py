@@ -13,13 +13,14 @@ and a cap on body size.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import RequestTooLarge
+from gateway.errors import RequestTimeout, RequestTooLarge
 from gateway.web.ids import REQUEST_ID_HEADER, new_request_id
 
 
@@ -41,11 +42,12 @@ class GatewayApp(Starlette):
 
 
 class EdgeMiddleware:
-    """Request id and body-size cap."""
+    """Request id, body-size cap and body deadline."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +71,32 @@ class EdgeMiddleware:
                 break
         else:
             receive = _counting(receive, limit)
-        await self.app(scope, receive, send_with_id)
+        await self.app(scope, _timed(receive, self.body_timeout_s), send_with_id)
+
+
+def _timed(receive: Receive, limit_s: float) -> Receive:
+    """`receive`, with the whole body due within `limit_s` (408 after); later receives (a
+    response listening for the client leaving) wait as long as they need."""
+    deadline: float | None = None
+    complete = False
+
+    async def timed() -> Message:
+        nonlocal deadline, complete
+        if complete:
+            return await receive()
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + limit_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(limit_s) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            complete = True
+        return message
+
+    return timed
 
 
 def _refuse(limit: int) -> Receive:

@@ -8,10 +8,9 @@ notes when the gateway answered or closed it.
 
 Outcomes: the bystanders are served throughout, at normal latency (the event loop is not held
 by idle sockets). Read deadlines: uvicorn arms its keep-alive timer only *after* a response,
-and resets nothing on a connection that has not finished its first request, and the gateway
-reads a body without a deadline, so neither a trickled head nor a trickled body is ever cut
-off: the two deadline tests are strict xfails until such deadlines exist (see docs/security.md
-for the proposed fix).
+so the gateway's server protocol (`web/server_protocol.py`) adds one for heads, and bodies are
+read under their own: heads and bodies each have a 10 s deadline (`GATEWAY_REQUEST_HEAD_TIMEOUT_S`,
+`GATEWAY_REQUEST_BODY_TIMEOUT_S`), and both tests check a trickled one is cut off in time.
 """
 
 from __future__ import annotations
@@ -139,21 +138,9 @@ def test_other_tenants_are_served_while_200_slow_clients_trickle(run: Run) -> No
     assert statistics.quantiles(run.during_s, n=100)[98] < 2.0, run.summary()
 
 
-NO_HEAD_DEADLINE = pytest.mark.xfail(
-    strict=True,
-    reason="no request-head deadline: uvicorn (0.55, httptools) arms timeout_keep_alive only "
-    "after a response, so a head trickled a byte at a time holds its connection forever",
-)
-NO_BODY_DEADLINE = pytest.mark.xfail(
-    strict=True,
-    reason="no body-read deadline: web/endpoints.py awaits receive() with no timeout, so a "
-    "body trickled a byte at a time holds its request (and its task) forever",
-)
-
-
 @pytest.mark.parametrize(
     "part",
-    [pytest.param("head", marks=NO_HEAD_DEADLINE), pytest.param("body", marks=NO_BODY_DEADLINE)],
+    ["head", "body"],
 )
 def test_a_trickled_request_is_cut_off_within_the_deadline(run: Run, part: str) -> None:
     closed_s = run.head_closed_s if part == "head" else run.body_closed_s
