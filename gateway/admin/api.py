@@ -29,6 +29,7 @@ from gateway.admin.auth import ADMIN, FINANCE, AdminActor, authenticate_admin, r
 from gateway.admin.invalidation import Invalidator
 from gateway.admin.throttle import AuthThrottle
 from gateway.clock import Clock
+from gateway.db.engine import translate_db_errors
 from gateway.errors import (
     ClientError,
     InvalidRequest,
@@ -208,47 +209,55 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
         address = request.client.host if request.client else ""
         now_s = services.clock.monotonic_s()
         services.auth_throttle.check(address, now_s)
-        async with services.sessions() as session:
-            async with session.begin():
-                try:
-                    actor = await authenticate_admin(
-                        session,
-                        request.headers.get("authorization"),
-                        bootstrap=services.bootstrap_token,
-                        pepper=services.pepper,
-                    )
-                except Unauthenticated:
-                    services.auth_throttle.failed(address, now_s)
-                    raise
-                require_role(actor, operation.roles)
-                _refuse_nul(request)
-                query = None
-                if operation.query is not None:
-                    query = _parse(operation.query, dict(request.query_params), "query")
-                body = None
-                if operation.body is not None:
-                    raw = await request.body()
-                    try:
-                        data = orjson.loads(raw) if raw else None
-                    except orjson.JSONDecodeError:
-                        raise InvalidRequest("The body is not valid JSON.") from None
-                    body = _parse(operation.body, data, "body")
-                call = Call(
-                    request,
-                    session,
-                    actor,
-                    dict(request.path_params),
-                    body,
-                    query,
-                    datetime.fromtimestamp(services.clock.now_s(), tz=UTC),
-                    services,
-                )
-                reply = await operation.handler(call)
-            for action in call.after_commit:
-                await action()
-        return _render(reply)
+        with translate_db_errors():  # database down, or a table locked: 503, at once
+            return await _serve(operation, request, services, address, now_s)
 
     return endpoint
+
+
+async def _serve(
+    operation: Operation, request: Request, services: AdminServices, address: str, now_s: float
+) -> Response:
+    """Authenticate, parse, run the operation in one transaction, render its reply."""
+    async with services.sessions() as session:
+        async with session.begin():
+            try:
+                actor = await authenticate_admin(
+                    session,
+                    request.headers.get("authorization"),
+                    bootstrap=services.bootstrap_token,
+                    pepper=services.pepper,
+                )
+            except Unauthenticated:
+                services.auth_throttle.failed(address, now_s)
+                raise
+            require_role(actor, operation.roles)
+            _refuse_nul(request)
+            query = None
+            if operation.query is not None:
+                query = _parse(operation.query, dict(request.query_params), "query")
+            body = None
+            if operation.body is not None:
+                raw = await request.body()
+                try:
+                    data = orjson.loads(raw) if raw else None
+                except orjson.JSONDecodeError:
+                    raise InvalidRequest("The body is not valid JSON.") from None
+                body = _parse(operation.body, data, "body")
+            call = Call(
+                request,
+                session,
+                actor,
+                dict(request.path_params),
+                body,
+                query,
+                datetime.fromtimestamp(services.clock.now_s(), tz=UTC),
+                services,
+            )
+            reply = await operation.handler(call)
+        for action in call.after_commit:
+            await action()
+    return _render(reply)
 
 
 def _render(reply: Reply) -> Response:

@@ -55,6 +55,14 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Postgres waits: a statement may run this long, and wait this long for a lock (a locked or
+# stuck table answers 503 fast instead of holding a request, RELIABILITY R9); both end the
+# statement with SQLSTATE 57014 / 55P03, which `translate_db_errors` reports as unavailable.
+STATEMENT_TIMEOUT_MS = 15_000
+LOCK_TIMEOUT_MS = 1_000
+_UNAVAILABLE_SQLSTATES = frozenset({"57014", "55P03"})  # query_canceled, lock_not_available
+
+
 def make_engine(settings: Settings) -> AsyncEngine:
     """Build the process's async engine for `settings.database_url` (SQLite or Postgres)."""
     url = make_url(settings.database_url)
@@ -63,6 +71,10 @@ def make_engine(settings: Settings) -> AsyncEngine:
     connect_args: dict[str, Any] = {}
     if url.get_driver_name() == "asyncpg":
         connect_args["timeout"] = CONNECT_TIMEOUT_S
+        connect_args["server_settings"] = {
+            "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+            "lock_timeout": str(LOCK_TIMEOUT_MS),
+        }
     return create_async_engine(
         url,
         pool_size=POOL_SIZE,
@@ -87,6 +99,19 @@ def translate_db_errors() -> Iterator[None]:
     except _UNAVAILABLE_ERRORS as exc:
         # Only the class name: driver messages can carry host names or DSNs.
         raise DependencyUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+    except sa_exc.DBAPIError as exc:
+        if _sqlstate(exc) in _UNAVAILABLE_SQLSTATES:
+            raise DependencyUnavailable("database busy (statement or lock timeout)") from exc
+        raise
+
+
+def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
+    """The SQLSTATE of a driver error (asyncpg's, behind SQLAlchemy's adapter), if any."""
+    for candidate in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
 
 
 def _make_sqlite_engine(url: URL) -> AsyncEngine:

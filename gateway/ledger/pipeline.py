@@ -23,6 +23,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.clock import Clock
@@ -122,8 +123,11 @@ class LedgerPipeline:
     async def start(self, limiter: Limiter | None = None) -> None:
         """Seed and load prices, replay a leftover spool, start the background tasks (with
         the budget watcher when this process writes the ledger and a limiter is given)."""
-        async with self.sessions() as session, session.begin():
-            added = await seed_prices(session, self.config.prices, datetime.now(UTC))
+        try:
+            async with self.sessions() as session, session.begin():
+                added = await seed_prices(session, self.config.prices, datetime.now(UTC))
+        except IntegrityError:  # replicas starting together: another one seeded them first
+            added = 0
         if added:
             log.info("seeded %d list prices from the routing file", added)
         await self.refresh_prices()

@@ -9,8 +9,9 @@ writer's insert waits on the lock; the usage stream in Redis holds the records m
    `gateway reconcile`). The admin usage report, which reads the rollup, answers meanwhile.
 2. An admin call that reads the locked table (`/admin/v1/reconciliation`) should answer 503
    fast (RELIABILITY.md R9: within 2 s, by `statement_timeout`/`lock_timeout`) instead of
-   hanging for as long as the lock is held. Today it hangs: no statement or lock timeout is
-   set on the gateway's Postgres connections (strict xfail, see its reason).
+   hanging for as long as the lock is held: the gateway's Postgres connections carry a 1 s
+   `lock_timeout` (and a 15 s `statement_timeout`), and the admin API answers 503 when one ends
+   a statement.
 
 One module fixture runs the scenario (both admin reads are sent during the same lock); the
 two tests read its outcome.
@@ -179,12 +180,6 @@ def test_ledger_table_locked_under_load_leaves_requests_alone_and_loses_nothing(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the gateway's Postgres connections set no statement_timeout/lock_timeout "
-    "(gateway/db/engine.py), so an admin read of a locked ledger table waits for the lock "
-    "instead of answering 503 (RELIABILITY.md R9)",
-)
 def test_admin_read_of_the_locked_ledger_answers_503_fast(locked: Locked) -> None:
     status, took_s = locked.reconciliation
     report("admin read of a locked table", lock_s=LOCK_S, status=status, took=ms(took_s))
