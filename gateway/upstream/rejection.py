@@ -77,7 +77,7 @@ def normalise_upstream_error(
 ) -> UpstreamRejected:
     """Build the OpenAI-shaped error for an upstream error response."""
     if 300 <= status < 400:  # its body and Location may name internal hosts: echo neither
-        return UpstreamRejected(
+        redirect = UpstreamRejected(
             502,
             f"The upstream `{deployment}` answered with a redirect (status {status}); the "
             "gateway never follows one. An operator must fix the deployment's URL.",
@@ -85,6 +85,8 @@ def normalise_upstream_error(
             code="upstream_redirect",
             deployment=deployment,
         )
+        redirect.retryable = False  # type: ignore[misc]  # a wrong URL stays wrong on retry
+        return redirect
     if status in (401, 403):
         return UpstreamRejected(
             502,
