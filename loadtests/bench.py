@@ -851,6 +851,8 @@ def main() -> None:
                     cpu_seconds(setup.writer_pid) - writer_start[0],
                     results["ledger"].get("redis", (0, 0, 0))[0] - writer_start[1],
                 )
+            if redis_before is not None:  # before the scale-out runs add their own commands
+                results["redis_after"] = redis_round_trips(setup.redis_url)  # type: ignore[arg-type]
             if args.scale_out and "redis" in targets:
                 print("scale-out: 1 and 2 worker processes on cores 0,1", flush=True)
                 results["scale_out"] = await scale_out(setup, args, d, seq)
@@ -865,7 +867,7 @@ def main() -> None:
         lines = ["## Machine", "", *machine(setup), "", *report(rows, args, d)]
         lines += ["", "### Checks", ""]
         if redis_before is not None and "redis" in targets:
-            after = redis_round_trips(setup.redis_url)  # type: ignore[arg-type]
+            after = results["redis_after"]
             calls = {k: after.get(k, 0) - redis_before.get(k, 0) for k in after}
             evals = sum(v for k, v in calls.items() if k.startswith("eval"))
             served = targets["redis"].answered_ok
