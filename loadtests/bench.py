@@ -88,6 +88,8 @@ from scenarios.stack import (
     start_gateway,
     start_ledger_writer,
     start_private_redis,
+    start_upstream,
+    usage_rows,
     wait_for_port,
 )
 
@@ -195,17 +197,11 @@ def set_up(args: argparse.Namespace, setup: Setup, tokens: int) -> dict[str, Tar
     """Start the upstream and every requested target; the targets that came up."""
     procs, workdir = setup.procs, setup.workdir
     wanted = [t for t in args.targets if t != "litellm" or not args.no_litellm]
-    up_port = free_port()
-    upstream = procs.start(
-        "upstream",
-        pinned(args.load_core, [
-            PYTHON, str(Path(__file__).parent / "scenarios" / "upstream.py"),
-            "--port", str(up_port), "--prompt-tokens", str(tokens),
-            "--completion-tokens", str(COMPLETION_TOKENS),
-        ]),
+    upstream, upstream_url = start_upstream(
+        procs, args.load_core, "--prompt-tokens", str(tokens),
+        "--completion-tokens", str(COMPLETION_TOKENS),
     )  # fmt: skip
-    wait_for_port(up_port, 30, upstream)
-    upstream_url = f"http://127.0.0.1:{up_port}"
+    up_port = int(upstream_url.rsplit(":", 1)[1])
     config = routing_file(workdir / "routing.yaml", upstream_url)
     targets: dict[str, Target] = {}
     if "direct" in wanted:
@@ -495,14 +491,7 @@ def redis_round_trips(redis_url: str) -> dict[str, int]:
 
 async def pg_rows(setup: Setup) -> int:
     """Rows in the Redis mode's Postgres ledger."""
-    import asyncpg
-
-    url = (setup.database_url or "").replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM usage_events"))
-    finally:
-        await conn.close()
+    return await usage_rows(setup.database_url or "")
 
 
 async def ledger_rows(setup: Setup, targets: dict[str, Target]) -> dict[str, tuple[int, int, int]]:

@@ -33,21 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scenarios import client
 from scenarios.prompts import chat_payload, request_factory, words_for_tokens
 from scenarios.stack import (
-    PYTHON,
     Processes,
     TenantSpec,
     bootstrap,
     create_database,
     drop_database,
-    free_port,
     gateway_env,
     pin_self,
-    pinned,
     routing_file,
     start_gateway,
     start_ledger_writer,
     start_private_redis,
-    wait_for_port,
+    start_upstream,
+    usage_rows,
 )
 
 STEADY = TenantSpec("soak", rpm=10_000_000, tpm=2_000_000_000)
@@ -122,18 +120,12 @@ def main() -> None:
     database_url = None
     pin_self(1)
     try:
-        up_port = free_port()
-        upstream = procs.start(
-            "upstream",
-            pinned(1, [PYTHON, str(Path(__file__).parent / "scenarios" / "upstream.py"),
-                       "--port", str(up_port)]),
-        )  # fmt: skip
-        wait_for_port(up_port, 30, upstream)
+        _, upstream_url = start_upstream(procs, 1)
         redis_url = start_private_redis(procs, 1)
         if redis_url is None:
             raise SystemExit("needs redis-server on PATH")
         database_url = create_database(args.postgres_url)
-        config = routing_file(workdir / "routing.yaml", f"http://127.0.0.1:{up_port}")
+        config = routing_file(workdir / "routing.yaml", upstream_url)
         env = gateway_env(workdir, config, database_url=database_url, redis_url=redis_url)
         keys = bootstrap(env, [STEADY, LIMITED])
         start_ledger_writer(procs, "ledger-writer", env, 1)
@@ -166,7 +158,7 @@ def main() -> None:
 
         statuses = uvloop.run(run())
         time.sleep(3)  # the writer drains the stream
-        rows = asyncio.run(_rows(database_url))
+        rows = asyncio.run(usage_rows(database_url))
         after = [s for s in samples if s[0] >= args.warmup_min * 60]
         print("\n## Soak result\n")
         print(f"- statuses: {dict(sorted(statuses.items()))}")
@@ -190,16 +182,6 @@ def main() -> None:
         if database_url:
             drop_database(args.postgres_url, database_url)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-async def _rows(database_url: str) -> int:
-    import asyncpg
-
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM usage_events"))
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":

@@ -396,13 +396,8 @@ class _Pool:
 
     def put(self, conn: _Connection) -> None:
         """Take back a connection whose exchange ended cleanly."""
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return
-        self._idle.append(conn)
+        if not self._hand_to_waiter(conn):
+            self._idle.append(conn)
 
     def discard(self, conn: _Connection) -> None:
         """Forget an idle connection the peer closed."""
@@ -411,13 +406,18 @@ class _Pool:
 
     def slot_freed(self) -> None:
         """A connection closed: its slot passes to the first waiter, if any."""
+        if not self._hand_to_waiter(None):
+            self._open -= 1
+
+    def _hand_to_waiter(self, conn: _Connection | None) -> bool:
+        """Give `conn` (or a free slot, None) to the first caller still waiting."""
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._open -= 1
+                waiter.set_result(conn)
+                return True
+        return False
 
     async def close(self) -> None:
         """Close idle connections now, the others when released; fail queued callers."""

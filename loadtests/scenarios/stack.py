@@ -144,6 +144,28 @@ def start_private_redis(procs: Processes, core: int | None) -> str | None:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def start_upstream(
+    procs: Processes, core: int | None, *options: str
+) -> tuple[subprocess.Popen, str]:
+    """`scenarios/upstream.py` (the canned fast upstream) on a free port, pinned; (process, URL)."""
+    port = free_port()
+    script = str(Path(__file__).parent / "upstream.py")
+    proc = procs.start("upstream", pinned(core, [PYTHON, script, "--port", str(port), *options]))
+    wait_for_port(port, 30, proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def usage_rows(database_url: str) -> int:
+    """Rows in a Postgres ledger's `usage_events` (a SQLAlchemy or plain asyncpg URL)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM usage_events"))
+    finally:
+        await conn.close()
+
+
 def create_database(admin_url: str) -> str:
     """Create a fresh Postgres database; its SQLAlchemy (asyncpg) URL."""
     import asyncpg
