@@ -26,6 +26,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig, load_config
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.errors import GatewayError
+from gateway.heap import freeze_startup_heap
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.pipeline import LedgerPipeline
 from gateway.limits import FailoverLimiter, Limiter, MemoryLimiter, RedisLimiter
@@ -129,6 +130,7 @@ def create_app(
             reloader.start()
         app.state.prober, app.state.reloader = prober, reloader
         log_flusher = asyncio.get_running_loop().create_task(flush_logs_forever())
+        log.info("start-up complete; %d objects frozen out of the GC", freeze_startup_heap())
         try:
             yield
         finally:

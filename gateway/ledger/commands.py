@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from gateway.clock import SystemClock
 from gateway.config import GatewayConfig
 from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.heap import freeze_startup_heap
 from gateway.ledger.pipeline import LedgerPipeline, redis_client
 from gateway.ledger.reconcile import reconcile, render
 from gateway.ledger.redis_stream import RedisStreamJournal
@@ -33,6 +34,7 @@ async def run_ledger_writer(settings: Settings, config: GatewayConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await pipeline.start()
+    freeze_startup_heap()
     print("ledger writer running", flush=True)
     try:
         await stop.wait()
