@@ -195,6 +195,8 @@ class LedgerPipeline:
         if self.memory is not None:
             for payload in self.memory.drain():
                 self.spool.append(payload)
+        if self._clients:
+            await self.stream.aclose()  # appends in flight are answered (or spooled) first
         self.spool.close()
         for client in self._clients:
             await client.aclose()

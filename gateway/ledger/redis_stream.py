@@ -1,7 +1,7 @@
 """`RedisStreamJournal`: usage records in a Redis Stream, consumed by a group of ledger writers.
 
 Appends are one XADD (plus the served count), batched: the appends of one event-loop turn
-share one pipeline round trip (`RedisBatcher`, standalone Redis). Writers form the consumer group `ledger`; each reads its own pending
+share one write (`RedisBatcher`, standalone Redis). Writers form the consumer group `ledger`; each reads its own pending
 entries first (a batch it failed to commit), then reclaims entries another writer has held for
 longer than `reclaim_idle_s` (XAUTOCLAIM: that writer is presumed dead), then new ones
 (XREADGROUP >). An entry is XACKed and XDELeted only after its batch committed, so the stream
@@ -76,6 +76,11 @@ class RedisStreamJournal:
             await pipe.execute()
         except Exception as exc:  # any client failure means "not stored": spool it
             raise JournalUnavailable(f"XADD failed: {type(exc).__name__}") from exc
+
+    async def aclose(self) -> None:
+        """Answer the appends in flight, then close the append connection (shutdown)."""
+        if self._batch is not None:
+            await self._batch.aclose()
 
     async def served(self) -> dict[str, int]:
         """Hour -> records appended, as counted at append time."""

@@ -12,8 +12,8 @@ Each key expires once it would have refilled completely (plus a margin), so idle
 nothing; a missing bucket reads as full, so expiry changes no answer.
 
 On standalone Redis the scripts go through a `RedisBatcher`: the reserves and settles of one
-event-loop turn share one pipeline round trip (redis-py's per-command plumbing costs more CPU
-than the script), each still its own atomic EVALSHA.
+event-loop turn share one write on the batcher's own connection (redis-py's per-command
+plumbing costs more CPU than the script), each still its own atomic EVALSHA.
 
 Failure mode: every socket operation has a short timeout (`timeout_s` for connect, each write
 and each read; a timeout is never retried: redis-py's defaults would hold a request for
@@ -152,7 +152,7 @@ class RedisLimiter:
     async def aclose(self) -> None:
         """Close the client if this limiter created it."""
         if self._batch is not None:
-            await self._batch.drain()
+            await self._batch.aclose()
         if self._owns_client:
             await self._redis.aclose()
 
