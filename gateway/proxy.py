@@ -19,7 +19,6 @@ killed at any moment has recorded every answer a client received.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from gateway.auth.principal import Principal
 from gateway.errors import GatewayError, UpstreamInterrupted
 from gateway.ledger import usage
 from gateway.ledger.ledger import CallFacts
+from gateway.ledger.record import UsageRecord
 from gateway.ledger.usage import UsedTokens
 from gateway.limits.admission import Ticket
 from gateway.limits.tokens import count_prompt_tokens, count_text_tokens
@@ -221,19 +221,23 @@ class _Finish:
         else:
             settlement = gw.admitter.settlement(self.ticket, used, record.cost_micros)
         if append is None and settlement is None:
+            gw.ledger.observe(record, self.facts)
             return
         if append is not None:
             self._storing = asyncio.get_running_loop().create_future()
-        # One task for both: it outlives a client that hangs up, and shutdown waits for it.
-        gw.ledger.tasks.spawn(_commit(append, self._storing, settlement), name="call.commit")
+        # One task for all of it: it outlives a client that hangs up, and shutdown waits for it.
+        gw.ledger.tasks.spawn(
+            _commit(append, self._storing, settlement, gw.ledger.observe, record, self.facts),
+            name="call.commit",
+        )
 
     async def stored(self) -> None:
-        """Wait until the record is in the journal (or spooled); the append itself cannot be
-        cancelled by a client that leaves meanwhile."""
+        """Wait until the record is in the journal (or spooled). The append runs in its own
+        task, so a client that leaves meanwhile cancels only this wait (and the future, which
+        nothing else awaits), never the append: no `shield` and its extra loop turn needed."""
         storing = self._storing
         if storing is not None and not storing.done():
-            with contextlib.suppress(Exception):  # a failure is the journal's to log and spool
-                await asyncio.shield(storing)
+            await storing
 
     def failed(self, exc: BaseException, *, reservation_stands: bool = False) -> None:
         """The call ended in an error before a whole answer was relayed."""
@@ -275,8 +279,12 @@ async def _commit(
     append: Coroutine[Any, Any, None] | None,
     stored: asyncio.Future[None] | None,
     settlement: Coroutine[Any, Any, None] | None,
+    observe: Callable[[UsageRecord, CallFacts], None],
+    record: UsageRecord,
+    facts: CallFacts,
 ) -> None:
-    """Journal the record (then tell whoever waits for it), then settle the limits."""
+    """Journal the record (then tell whoever waits for it), and only once the answer is out,
+    report the call and settle the limits: neither of those may delay the answer."""
     try:
         if append is not None:
             try:
@@ -284,9 +292,14 @@ async def _commit(
             finally:
                 if stored is not None and not stored.done():
                     stored.set_result(None)
+            # The waiting handler's wake-up is queued now; yield so it sends the answer first.
+            await asyncio.sleep(0)
     finally:
-        if settlement is not None:
-            await settlement
+        try:
+            observe(record, facts)
+        finally:
+            if settlement is not None:
+                await settlement
 
 
 def _passed_headers(response: UpstreamResponse) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """`Ledger`: turns what the proxy learned about one call into a priced `UsageRecord` and hands
-it to the journal, off the request path.
+it to the journal, off the request path; `observe` reports it (metrics, access log) once the
+answer is out.
 
 The proxy fills a `CallFacts` as the call goes (route, statuses, timings) and calls
 `Ledger.record` exactly once per admitted request, whatever happened: upstream error, broken
@@ -114,18 +115,23 @@ class Ledger:
             finished_at_ms=int(self.clock.now_s() * 1000),
         )
         self.recorded += 1
-        overhead = facts.first_send_mono_s
-        metrics.observe_call(
-            record, overhead_s=None if overhead is None else overhead - facts.started_mono_s
-        )
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("request", extra={"fields": _access_fields(record)})
         payload = record.encode()
         hour = hour_of(record.started_at_ms)
         if isinstance(self.journal, MemoryJournal):
             self.journal.append_nowait(payload, hour)  # cannot fail: no task needed
             return record, None
         return record, self.journal.append(payload, hour)
+
+    @staticmethod
+    def observe(record: UsageRecord, facts: CallFacts) -> None:
+        """The call's metrics and access-log line: the proxy calls this once the answer is
+        out, so neither delays it (both read only the finished record)."""
+        sent = facts.first_send_mono_s
+        metrics.observe_call(
+            record, overhead_s=None if sent is None else sent - facts.started_mono_s
+        )
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("request", extra={"fields": _access_fields(record)})
 
 
 def _access_fields(record: UsageRecord) -> dict[str, object]:
