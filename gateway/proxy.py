@@ -28,7 +28,7 @@ import orjson
 from gateway.auth.principal import Principal
 from gateway.errors import GatewayError, UpstreamInterrupted
 from gateway.ledger import usage
-from gateway.ledger.ledger import CallFacts
+from gateway.ledger.ledger import CallFacts, Ledger
 from gateway.ledger.record import UsageRecord
 from gateway.ledger.usage import UsedTokens
 from gateway.limits.admission import Ticket
@@ -221,13 +221,13 @@ class _Finish:
         else:
             settlement = gw.admitter.settlement(self.ticket, used, record.cost_micros)
         if append is None and settlement is None:
-            gw.ledger.observe(record, self.facts)
+            Ledger.observe(record, self.facts)
             return
         if append is not None:
             self._storing = asyncio.get_running_loop().create_future()
         # One task for all of it: it outlives a client that hangs up, and shutdown waits for it.
         gw.ledger.tasks.spawn(
-            _commit(append, self._storing, settlement, gw.ledger.observe, record, self.facts),
+            _commit(append, self._storing, settlement, record, self.facts),
             name="call.commit",
         )
 
@@ -279,7 +279,6 @@ async def _commit(
     append: Coroutine[Any, Any, None] | None,
     stored: asyncio.Future[None] | None,
     settlement: Coroutine[Any, Any, None] | None,
-    observe: Callable[[UsageRecord, CallFacts], None],
     record: UsageRecord,
     facts: CallFacts,
 ) -> None:
@@ -296,7 +295,7 @@ async def _commit(
             await asyncio.sleep(0)
     finally:
         try:
-            observe(record, facts)
+            Ledger.observe(record, facts)
         finally:
             if settlement is not None:
                 await settlement
