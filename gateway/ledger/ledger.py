@@ -27,6 +27,7 @@ from gateway.ledger.pricing import PriceCatalog, cost_micros
 from gateway.ledger.record import UsageRecord, hour_of
 from gateway.ledger.usage import UsedTokens
 from gateway.observability import metrics
+from gateway.observability.logging import log_fields
 from gateway.routing.trace import RouteTrace
 from gateway.tasks import BackgroundTasks
 
@@ -131,7 +132,7 @@ class Ledger:
             record, overhead_s=None if sent is None else sent - facts.started_mono_s
         )
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info("request", extra={"fields": _access_fields(record)})
+            log_fields(access_log, "request", _access_fields(record))
 
 
 def _access_fields(record: UsageRecord) -> dict[str, object]:

@@ -4,7 +4,10 @@ Set up once by the process entry point (never at import). Lines are written in b
 write per ~64 KB, per `flush_interval_s`, or at once for a WARNING or worse), not one system
 call per request: the access log is on every request's path. A process killed outright can lose
 the last fraction of a second of access-log lines (the ledger, not this log, is the record of
-usage). Anything that looks like a bearer
+usage). `log_fields` writes a line of ids, names and numbers (the access log's) straight into that
+batch when the root handler is the only place it could go, skipping the `LogRecord` and the
+handler chain that cost about as much as the rest of the request's bookkeeping; the line is the
+same as `logger.info(msg, extra={"fields": fields})` would write. Anything that looks like a bearer
 credential (our `gwk_` keys, `Bearer ...` values) is masked before a line is written, so a
 secret passed into a log call by mistake still never reaches the log.
 """
@@ -19,6 +22,8 @@ import sys
 from typing import TextIO
 
 import orjson
+
+from gateway.clock import SystemClock
 
 _SECRET = re.compile(r"(gwk_[A-Za-z0-9]{4})[A-Za-z0-9]+|((?i:bearer)\s+)[^\s\"']+")
 
@@ -67,6 +72,14 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
         if self._size >= self._max_bytes or record.levelno >= logging.WARNING:
             self._write()
 
+    def add_line(self, line: str) -> None:
+        """Buffer one formatted line (terminator included), as `emit` would."""
+        with self.lock:  # type: ignore[union-attr]
+            self._lines.append(line)
+            self._size += len(line)
+            if self._size >= self._max_bytes:
+                self._write()
+
     def _write(self) -> None:
         if self._lines:
             text, self._lines, self._size = "".join(self._lines), [], 0
@@ -78,6 +91,42 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
         """Write what is buffered."""
         with self.lock:  # type: ignore[union-attr]
             self._write()
+
+
+_configured: BatchingStreamHandler | None = None  # the root handler configure_logging set
+_wall = SystemClock()  # a line's time is wall time, as `LogRecord.created` is
+
+
+def _sole_handler(logger: logging.Logger) -> BatchingStreamHandler | None:
+    """The handler every line of `logger` goes to, when it is ours and the only one (no
+    filters on the way): then a line can be added to its batch directly."""
+    handler = _configured
+    if handler is None or handler.filters or handler.level > logging.INFO:
+        return None
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or (node.handlers and node is not logging.root):
+            return None
+        if not node.propagate:
+            return None
+        node = node.parent
+    root = logging.root.handlers
+    return handler if len(root) == 1 and root[0] is handler else None
+
+
+def log_fields(logger: logging.Logger, msg: str, fields: dict[str, object]) -> None:
+    """`logger.info(msg, extra={"fields": fields})` for a line of ids, names and numbers
+    only (nothing to redact): the same JSON line, written without a `LogRecord` when
+    `configure_logging`'s handler is the only one it would reach."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _sole_handler(logger)
+    if handler is None:
+        logger.info(msg, extra={"fields": fields})
+        return
+    entry = {"ts": round(_wall.now_s(), 3), "level": "INFO", "logger": logger.name, "msg": msg}
+    entry.update(fields)
+    handler.add_line(orjson.dumps(entry).decode() + handler.terminator)
 
 
 def flush_logs() -> None:
@@ -95,8 +144,10 @@ async def flush_logs_forever(interval_s: float = 0.25) -> None:
 
 def configure_logging(level: str) -> None:
     """Route every logger to stderr as JSON lines at `level`."""
+    global _configured
     handler = BatchingStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    _configured = handler
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
