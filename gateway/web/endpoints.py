@@ -8,9 +8,11 @@ straight here; the Starlette router holds the same apps, so other methods get it
 Order: authenticate first (an unauthenticated caller costs one hash and a dict lookup and never
 gets its body read), then read the body under the size cap, parse, forward, relay. Every
 response carries `x-request-id`; every error is rendered in OpenAI's format by
-`web/errors.py`. Until the answer is complete a watcher listens for the client leaving and
-cancels the call at once (the upstream request and its retries with it); a stream is always
-closed, so a client that hangs up still settles and is recorded.
+`web/errors.py`. Until the answer is complete the client leaving cancels the call at once (the
+upstream request and its retries with it): our server protocol calls a hook from
+`connection_lost` (`server_protocol.DisconnectSlot`); under any other server a watcher task waits
+on `receive()` for `http.disconnect`. A stream is always closed, so a client that hangs up still
+settles and is recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from gateway.state import Gateway
 from gateway.upstream.adapter import Endpoint
 from gateway.web.errors import error_parts, internal_error_parts
 from gateway.web.ids import REQUEST_ID_HEADER, new_request_id
+from gateway.web.server_protocol import ON_DISCONNECT, DisconnectSlot
 from gateway.web.wire import parse_json_object, validate
 
 log = logging.getLogger("gateway.errors")
@@ -61,6 +64,8 @@ class ProxyEndpoint:
         handler = asyncio.current_task()
         assert handler is not None
         watcher: asyncio.Task[None] | None = None
+        left = _Left(handler)
+        slot: DisconnectSlot | None = scope.get(ON_DISCONNECT)
         try:
             authorization = residency = length = None
             for name, value in scope["headers"]:
@@ -81,9 +86,12 @@ class ProxyEndpoint:
                 raise RequestTimeout(self.body_timeout_s) from None
             payload = parse_json_object(body)
             model = validate(self.endpoint, payload)
-            watcher = asyncio.get_running_loop().create_task(
-                _cancel_on_disconnect(receive, handler)
-            )
+            if slot is not None:
+                slot.hook = left
+            else:
+                watcher = asyncio.get_running_loop().create_task(
+                    _cancel_on_disconnect(receive, left)
+                )
             result = await forward(
                 gw,
                 principal,
@@ -98,7 +106,7 @@ class ProxyEndpoint:
             else:
                 await _send_whole(result, send, id_header)
         except asyncio.CancelledError:
-            if watcher is not None and watcher.done() and not watcher.cancelled():
+            if left.fired:
                 handler.uncancel()  # our own cancellation: the client is gone, nobody reads
                 return
             raise
@@ -112,6 +120,8 @@ class ProxyEndpoint:
             status, headers, body = internal_error_parts(request_id)
             await _send_error(send, status, headers, body, id_header)
         finally:
+            if slot is not None and slot.hook is left:
+                slot.hook = None
             if watcher is not None:
                 watcher.cancel()
 
@@ -144,11 +154,25 @@ async def _read_body(receive: Receive, length: bytes | None, limit: int) -> byte
             return b"".join(parts)
 
 
-async def _cancel_on_disconnect(receive: Receive, handler: asyncio.Task[None]) -> None:
-    """Cancel `handler` when the client disconnects (its body has been read already)."""
+class _Left:
+    """Cancels the handler when its client leaves, and remembers that it did."""
+
+    __slots__ = ("fired", "handler")
+
+    def __init__(self, handler: asyncio.Task[None]) -> None:
+        self.handler = handler
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.handler.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, left: _Left) -> None:
+    """Call `left` when the client disconnects (its body has been read already)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-    handler.cancel()
+    left()
 
 
 def _head(
