@@ -130,11 +130,13 @@ def create_app(
             reloader.start()
         app.state.prober, app.state.reloader = prober, reloader
         log_flusher = asyncio.get_running_loop().create_task(flush_logs_forever())
+        metrics_applier = asyncio.get_running_loop().create_task(metrics.apply_batched_forever())
         log.info("start-up complete; %d objects frozen out of the GC", freeze_startup_heap())
         try:
             yield
         finally:
             log_flusher.cancel()
+            metrics_applier.cancel()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
@@ -149,6 +151,7 @@ def create_app(
             await engine.dispose()
             if redis_limiter is not None:
                 await redis_limiter.aclose()
+            metrics.apply_batched()  # the last calls' counts, into multiprocess files too
             flush_logs()
 
     proxied = proxy_endpoints(settings.max_body_bytes, settings.request_body_timeout_s)

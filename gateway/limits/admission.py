@@ -110,11 +110,11 @@ class Admitter:
             decision = await self.limiter.reserve(
                 principal.tenant_id, demands, concurrency=admission.concurrency
             )
-            metrics.child(metrics.REDIS_SECONDS, "reserve").observe(time.perf_counter() - started)
+            metrics.observe(metrics.REDIS_SECONDS, ("reserve",), time.perf_counter() - started)
             reason = "none" if decision.allowed else _reason(decision.denied)
-            metrics.child(
-                metrics.LIMITER_DECISIONS, "allowed" if decision.allowed else "denied", reason
-            ).inc()
+            metrics.add(
+                metrics.LIMITER_DECISIONS, ("allowed" if decision.allowed else "denied", reason)
+            )
             headers = ratelimit_headers(decision.buckets)
             if budget is not None:
                 headers.update(budget_headers(decision.buckets, now_s))
@@ -183,7 +183,7 @@ class Admitter:
         started = time.perf_counter()
         try:
             await self.limiter.settle(tenant_id, adjustments, release_slot=slot_id)
-            metrics.child(metrics.REDIS_SECONDS, "settle").observe(time.perf_counter() - started)
+            metrics.observe(metrics.REDIS_SECONDS, ("settle",), time.perf_counter() - started)
         except Exception as exc:  # logged once here: the reservation stands, nothing else breaks
             log.warning("settle failed for tenant %s: %s", tenant_id, type(exc).__name__)
 
