@@ -74,6 +74,7 @@ from scenarios.stack import (
     Processes,
     TenantSpec,
     bootstrap,
+    clean_up_on_sigterm,
     cli,
     cpu_seconds,
     create_database,
@@ -803,6 +804,7 @@ def main() -> None:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     setup = Setup(workdir, Processes(workdir))
+    clean_up_on_sigterm()
     setup.versions["load_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     pin_self(args.load_core)
     ok = False

@@ -46,6 +46,7 @@ from scenarios.stack import (
     Processes,
     TenantSpec,
     bootstrap,
+    clean_up_on_sigterm,
     create_database,
     drop_database,
     free_port,
@@ -163,6 +164,7 @@ def main() -> None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     workdir = Path(tempfile.mkdtemp(prefix="gateway-instructions-"))
     procs = Processes(workdir)
+    clean_up_on_sigterm()
     sources = {revision: checkout(revision, workdir / "trees") for revision in args.revisions}
     database_url = None
     try:

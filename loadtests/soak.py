@@ -36,6 +36,7 @@ from scenarios.stack import (
     Processes,
     TenantSpec,
     bootstrap,
+    clean_up_on_sigterm,
     create_database,
     drop_database,
     gateway_env,
@@ -119,6 +120,7 @@ def main() -> None:
     procs = Processes(workdir)
     database_url = None
     pin_self(1)
+    clean_up_on_sigterm()
     try:
         _, upstream_url = start_upstream(procs, 1)
         redis_url = start_private_redis(procs, 1)

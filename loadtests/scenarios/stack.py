@@ -59,6 +59,16 @@ def pinned(core: int | str | None, args: Sequence[str]) -> list[str]:
     return ["taskset", "-c", str(core), *args]
 
 
+def clean_up_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a run that is stopped still reaches its `finally`
+    (its children run in their own sessions and would outlive it, its database too)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def pin_self(core: int | None) -> None:
     """Pin the calling process (the load generator) to one core."""
     if core is not None and hasattr(os, "sched_setaffinity"):
