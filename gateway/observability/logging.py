@@ -33,16 +33,16 @@ def redact(text: str) -> str:
     return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
 
 
+def _entry(created_s: float, level: str, logger: str, msg: str) -> dict[str, object]:
+    """The fields every line starts with."""
+    return {"ts": round(created_s, 3), "level": level, "logger": logger, "msg": msg}
+
+
 class JsonFormatter(logging.Formatter):
     """`{"ts", "level", "logger", "msg", ...extra}` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": redact(record.getMessage()),
-        }
+        entry = _entry(record.created, record.levelname, record.name, redact(record.getMessage()))
         fields = getattr(record, "fields", None)
         if fields:  # structured fields (the access log): ids, names and numbers only
             entry.update(fields)
@@ -124,7 +124,7 @@ def log_fields(logger: logging.Logger, msg: str, fields: dict[str, object]) -> N
     if handler is None:
         logger.info(msg, extra={"fields": fields})
         return
-    entry = {"ts": round(_wall.now_s(), 3), "level": "INFO", "logger": logger.name, "msg": msg}
+    entry = _entry(_wall.now_s(), "INFO", logger.name, msg)
     entry.update(fields)
     handler.add_line(orjson.dumps(entry).decode() + handler.terminator)
 
