@@ -67,18 +67,18 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= self._max_bytes or record.levelno >= logging.WARNING:
-            self._write()
+        self._buffer(line, now=record.levelno >= logging.WARNING)
 
     def add_line(self, line: str) -> None:
-        """Buffer one formatted line (terminator included), as `emit` would."""
+        """Buffer one formatted INFO line (terminator included), as `emit` would."""
         with self.lock:  # type: ignore[union-attr]
-            self._lines.append(line)
-            self._size += len(line)
-            if self._size >= self._max_bytes:
-                self._write()
+            self._buffer(line)
+
+    def _buffer(self, line: str, *, now: bool = False) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if now or self._size >= self._max_bytes:
+            self._write()
 
     def _write(self) -> None:
         if self._lines:
