@@ -31,7 +31,13 @@ from gateway.state import Gateway
 from gateway.upstream.adapter import Endpoint
 from gateway.web.errors import error_parts, internal_error_parts
 from gateway.web.ids import REQUEST_ID_HEADER, new_request_id
-from gateway.web.server_protocol import ON_DISCONNECT, DisconnectSlot
+from gateway.web.server_protocol import (
+    ON_DISCONNECT,
+    WHOLE_RESPONSE,
+    DisconnectSlot,
+    WholeResponse,
+    header_block,
+)
 from gateway.web.wire import parse_json_object, validate
 
 log = logging.getLogger("gateway.errors")
@@ -39,6 +45,7 @@ log = logging.getLogger("gateway.errors")
 _AUTHORIZATION = b"authorization"
 _CONTENT_LENGTH = b"content-length"
 _RESIDENCY = RESIDENCY_HEADER.encode()
+_REQUEST_ID = REQUEST_ID_HEADER.decode()
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -104,7 +111,9 @@ class ProxyEndpoint:
             if isinstance(result, Streamed):
                 await _send_stream(result, send, id_header)
             else:
-                await _send_whole(result, send, id_header)
+                whole: WholeResponse | None = scope.get(WHOLE_RESPONSE)
+                if whole is None or not _write_whole(whole, result, request_id):
+                    await _send_whole(result, send, id_header)
         except asyncio.CancelledError:
             if left.fired:
                 handler.uncancel()  # our own cancellation: the client is gone, nobody reads
@@ -181,6 +190,17 @@ def _head(
     raw: Headers = [(b"content-type", media_type.encode("latin-1")), id_header]
     raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     return {"type": "http.response.start", "status": status, "headers": raw}
+
+
+def _write_whole(whole: WholeResponse, result: Relayed, request_id: str) -> bool:
+    """The whole answer in one write through our server protocol (False: send it the ASGI
+    way); same headers, in the same order, as `_send_whole`."""
+    headers = [
+        ("content-type", result.media_type),
+        (_REQUEST_ID, request_id),
+        *result.headers.items(),
+    ]
+    return whole(result.status, header_block(headers), result.body)
 
 
 async def _send_whole(result: Relayed, send: Send, id_header: tuple[bytes, bytes]) -> None:

@@ -1,15 +1,24 @@
 """The server protocol's hang-up hook: called once when the client leaves mid-response, never
-after the response is complete; a handler can always find its connection's slot in the scope."""
+after the response is complete; a handler can always find its connection's slot in the scope.
+And its one-write whole response: the same bytes uvicorn's `send` writes, in one write, with
+the cycle completed as uvicorn completes it (keep-alive, pipelining, `connection: close`)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from gateway.web.server_protocol import ON_DISCONNECT, DeadlineHttpToolsProtocol, DisconnectSlot
+from gateway.web.server_protocol import (
+    ON_DISCONNECT,
+    WHOLE_RESPONSE,
+    DeadlineHttpToolsProtocol,
+    DisconnectSlot,
+    header_block,
+)
 
 REQUEST = b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -18,10 +27,12 @@ class _Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes = 0
         self.closing = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
+        self.writes += 1
 
     def is_closing(self) -> bool:
         return self.closing
@@ -79,3 +90,115 @@ async def test_the_hook_is_not_called_once_the_answer_is_complete() -> None:
     calls, slot = await _serve(answer=True)
     assert isinstance(slot, DisconnectSlot)
     assert calls == []
+
+
+HEADERS = [("content-type", "application/json"), ("x-request-id", "abc"), ("x-a", "1\t2")]
+
+
+async def _answer(request: bytes, whole: bool) -> tuple[_Transport, DeadlineHttpToolsProtocol]:
+    """Serve `request` (one or more pipelined) answering each with HEADERS and its path as the
+    body: through `WHOLE_RESPONSE`, or as uvicorn's two ASGI messages."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        body = scope["path"].encode()
+        if whole:
+            assert scope[WHOLE_RESPONSE](200, header_block(HEADERS), body)
+            return
+        raw = [(k.encode(), v.encode()) for k, v in HEADERS]
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    config = Config(app=app, lifespan="off", log_level="warning", access_log=False)
+    state = ServerState()
+    state.default_headers = [(b"date", b"Thu, 03 Dec 2026 12:00:00 GMT"), (b"server", b"uvicorn")]
+    protocol = DeadlineHttpToolsProtocol(config, state, {})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    return transport, protocol
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        REQUEST,
+        REQUEST.replace(b"host: t", b"host: t\r\nconnection: close"),
+        REQUEST.replace(b"HTTP/1.1", b"HTTP/1.0"),
+        REQUEST + REQUEST.replace(b"completions", b"second"),  # pipelined: two cycles
+    ],
+    ids=["keep-alive", "connection-close", "http-1.0", "pipelined"],
+)
+async def test_a_whole_response_is_the_bytes_uvicorn_writes_in_one_write(
+    request_bytes: bytes,
+) -> None:
+    ours, protocol = await _answer(request_bytes, whole=True)
+    theirs, their_protocol = await _answer(request_bytes, whole=False)
+    assert ours.written == theirs.written
+    assert ours.writes == request_bytes.count(b"POST")  # one write per response
+    assert theirs.writes == 2 * ours.writes
+    assert ours.closing == theirs.closing
+    assert protocol.server_state.total_requests == their_protocol.server_state.total_requests
+    if not ours.closing:  # kept alive: the idle timer runs, as after uvicorn's own send
+        assert protocol.timeout_keep_alive_task is not None
+    protocol.connection_lost(None)
+    their_protocol.connection_lost(None)
+
+
+async def test_a_whole_response_declines_once_the_response_has_started() -> None:
+    results: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        results.append(scope[WHOLE_RESPONSE](200, b"", b"late"))
+        await send({"type": "http.response.body", "body": b""})
+
+    config = Config(app=app, lifespan="off", access_log=False)
+    protocol = DeadlineHttpToolsProtocol(config, ServerState(), {})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(REQUEST)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert results == [False]
+    assert b"late" not in transport.written
+    protocol.connection_lost(None)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[("x-a", "1\r\nx-injected: 1")], [("x-a", "nul\x00")], [("bad name", "1")], [("x:y", "1")]],
+)
+def test_header_block_refuses_what_uvicorn_refuses(headers: list[tuple[str, str]]) -> None:
+    with pytest.raises(ValueError, match="invalid HTTP header"):
+        header_block(headers)
+
+
+def test_header_block_writes_name_value_lines() -> None:
+    assert header_block([("a", "1"), ("b", "x\ty")]) == b"a: 1\r\nb: x\ty\r\n"
+
+
+async def test_a_whole_response_wakes_a_task_waiting_on_receive() -> None:
+    """As after uvicorn's `send`: a watcher waiting for the client to leave learns that the
+    response is over (`http.disconnect`) instead of waiting forever."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        watcher = asyncio.create_task(receive())
+        await asyncio.sleep(0)
+        assert scope[WHOLE_RESPONSE](200, b"", b"ok")
+        seen.append((await asyncio.wait_for(watcher, 1))["type"])
+
+    config = Config(app=app, lifespan="off", access_log=False)
+    protocol = DeadlineHttpToolsProtocol(config, ServerState(), {})
+    protocol.connection_made(_Transport())
+    protocol.data_received(REQUEST)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert seen == ["http.disconnect"]
+    protocol.connection_lost(None)
