@@ -9,8 +9,10 @@ a background task), over the limiter `gateway/app.py:make_limiter` builds in pro
 (`RedisLimiter` behind `FailoverLimiter`). The tenant has RPM + TPM defaults, a per-model
 override and a concurrency limit, all set high enough that every request is admitted.
 
-Three phases, each over N requests:
+Four phases, each over N requests:
 - tokenizer: `count_prompt_tokens` alone, one at a time, on fresh bodies (CPU only);
+- tokenizer, growing conversations: the same, on what a chat client sends turn after turn
+  (the whole history again, plus one answer and one new question), up to 12 turns;
 - admit+settle, count cached: bodies the tokenizer's LRU already counted, so this is the
   limiter's cost (policy, two Redis round trips, background settle);
 - admit+settle, full: fresh bodies, so tokenisation is paid too (what a request costs).
@@ -34,7 +36,7 @@ import re
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -119,6 +121,20 @@ def chat_body(rng: random.Random, serial: int) -> dict[str, Any]:
         messages.append({"role": "assistant", "content": text(rng.randint(30, 120))})
     messages.append({"role": "user", "content": f"Order #{serial}: {text(rng.randint(10, 60))}?"})
     return {"model": MODEL, "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0.3}
+
+
+def conversation_bodies(rng: random.Random, serial: Iterator[int], n: int) -> list[dict[str, Any]]:
+    """`n` requests of conversations that grow a turn per request, 1 to 12 turns each: every
+    request is the history so far, then a new question (the answer joins the history)."""
+    bodies: list[dict[str, Any]] = []
+    while len(bodies) < n:
+        template = chat_body(rng, next(serial))
+        history = template["messages"][:1]  # the system prompt
+        for _ in range(min(12, n - len(bodies))):
+            question, answer = chat_body(rng, next(serial))["messages"][1:3]
+            bodies.append({**template, "messages": [*history, question]})
+            history += [question, answer]
+    return bodies
 
 
 def bench_principal(tenant_id: str) -> Principal:
@@ -250,7 +266,9 @@ async def limiter_phase(
     return Phase(name, wall, admit, cpu_ms, redis, local=limiter.degraded_decisions - local)
 
 
-def tokenizer_phase(bodies: list[dict[str, Any]]) -> tuple[Phase, float]:
+def tokenizer_phase(
+    bodies: list[dict[str, Any]], name: str = "tokenizer (count_prompt_tokens)"
+) -> tuple[Phase, float]:
     """`count_prompt_tokens` alone on fresh bodies; also returns the mean prompt size."""
     wall: list[float] = []
     call_cpu: list[float] = []
@@ -262,7 +280,7 @@ def tokenizer_phase(bodies: list[dict[str, Any]]) -> tuple[Phase, float]:
         call_cpu.append((time.thread_time() - started_cpu) * 1000)
         wall.append((time.perf_counter() - started) * 1000)
     cpu_ms = (time.process_time() - cpu) * 1000 / len(bodies)
-    phase = Phase("tokenizer (count_prompt_tokens)", wall, [], cpu_ms, None, call_cpu)
+    phase = Phase(name, wall, [], cpu_ms, None, call_cpu)
     return phase, statistics.mean(counts)
 
 
@@ -358,13 +376,17 @@ async def main(args: argparse.Namespace) -> None:
 
         fresh = [chat_body(rng, next(serial)) for _ in range(args.requests)]
         tokenizer, prompt_tokens = tokenizer_phase(fresh)
+        conversations, conversation_tokens = tokenizer_phase(
+            conversation_bodies(rng, serial, args.requests), "tokenizer, growing conversations"
+        )
+        print(f"growing conversations: mean prompt {conversation_tokens:.0f} tokens")
         cached = fresh[-CACHED_BODIES:]  # the most recently counted: still in the LRU
         with_cache = await limiter_phase(
             "admit+settle, count cached", lambda i: cached[i % len(cached)], args, ctx
         )
         new = [chat_body(rng, next(serial)) for _ in range(args.requests)]
         full = await limiter_phase("admit+settle, full", new.__getitem__, args, ctx)
-        print_table([tokenizer, with_cache, full], args, prompt_tokens)
+        print_table([tokenizer, conversations, with_cache, full], args, prompt_tokens)
     finally:
         await tasks.drain()
         deleted = await delete_prefix(ctx["stats"], prefix)

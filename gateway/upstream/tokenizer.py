@@ -38,7 +38,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from mistral_common.protocol.fim.request import FIMRequest
@@ -123,7 +123,12 @@ _MEDIA_PART_TYPES = frozenset(
     {"image_url", "image", "input_image", "input_audio", "audio", "document_url", "file"}
 )
 
-_CHAT_CACHE_SIZE = 2048
+# Count caches, bounded by entries and by the characters of their keys: a key can be as big as
+# a request body (4 MiB), so an entry bound alone would let distinct large prompts hold GiBs.
+_CHAT_CACHE_ENTRIES = 2048
+_TEXT_CACHE_ENTRIES = 8192
+_CACHE_CHARS = 8_000_000  # per cache
+_TEXT_CACHE_MIN_CHARS = 32  # shorter texts cost less to encode than to keep
 
 # Words that are one Tekken token each with a leading space; the sampler keeps those that
 # really are single tokens for the loaded tokenizer (checked once, on first use).
@@ -134,6 +139,57 @@ _SAMPLE_WORDS: tuple[str, ...] = (
     " ready", " latency", " network", " server", " client", " cache", " queue", " window",
     " minute", " second", " hour", " day", " week", " month", " year",
 )  # fmt: skip
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class CountCache(Generic[K, V]):
+    """An LRU map bounded by its number of entries and by the total size (characters or
+    bytes) of its keys, given with each `put`. Not locked: its owner holds a lock."""
+
+    __slots__ = ("_entries", "_max_entries", "_max_size", "_size")
+
+    def __init__(self, max_entries: int, max_size: int) -> None:
+        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._max_entries, self._max_size, self._size = max_entries, max_size, 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        """The total size of the keys held."""
+        return self._size
+
+    def get(self, key: K) -> V | None:
+        """The value for `key` (now the most recently used), or None."""
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        return found[0]
+
+    def put(self, key: K, value: V, size: int) -> None:
+        """Keep `value` for `key`, evicting the least recently used entries to stay within
+        both bounds; a key bigger than the whole size bound is not kept."""
+        if size > self._max_size:
+            return
+        entries = self._entries
+        old = entries.pop(key, None)
+        if old is not None:
+            self._size -= old[1]
+        entries[key] = (value, size)
+        self._size += size
+        while len(entries) > self._max_entries or self._size > self._max_size:
+            _, (_, evicted) = entries.popitem(last=False)
+            self._size -= evicted
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +231,12 @@ class ModelTokenizer:
         self._bpe_len = _bpe_counter(self._raw)
         self._template = template_for(tokenizer)
         # Keys: a rendered chat (fast path) or the request's JSON (slow path); never equal.
-        self._chat_cache: OrderedDict[RenderedChat | bytes, TokenCount] = OrderedDict()
+        self._chat_cache: CountCache[RenderedChat | bytes, TokenCount] = CountCache(
+            _CHAT_CACHE_ENTRIES, _CACHE_CHARS
+        )
+        # One text's BPE count: a conversation re-sends its history every turn, so each turn
+        # encodes only its new messages (a text's count never depends on its neighbours).
+        self._text_cache: CountCache[str, int] = CountCache(_TEXT_CACHE_ENTRIES, _CACHE_CHARS)
         self._lock = threading.Lock()
         self._words: tuple[str, ...] | None = None
 
@@ -191,16 +252,14 @@ class ModelTokenizer:
         key = rendered if rendered is not None else orjson.dumps((messages, tools))
         with self._lock:
             cached = self._chat_cache.get(key)
-            if cached is not None:
-                self._chat_cache.move_to_end(key)
-                return cached
+        if cached is not None:
+            return cached
         count = None if rendered is None else self._count_rendered(rendered)
         if count is None:
             count = self._count_chat_uncached(messages, tools)
+        size = len(key) if isinstance(key, bytes) else sum(map(len, key[1]))
         with self._lock:
-            self._chat_cache[key] = count
-            if len(self._chat_cache) > _CHAT_CACHE_SIZE:
-                self._chat_cache.popitem(last=False)
+            self._chat_cache.put(key, count, size)
         return count
 
     def _count_chat_fast(
@@ -215,12 +274,33 @@ class ModelTokenizer:
     def _count_rendered(self, rendered: RenderedChat) -> TokenCount | None:
         template_tokens, texts = rendered
         try:
-            bpe_tokens = sum(map(self._bpe_len, texts))
+            bpe_tokens = self._bpe_tokens(texts)
         # Text the BPE cannot take (a lone surrogate for SentencePiece): the slow path meets
         # the same text and fails the same way, as it would have without the fast path.
         except Exception:
             return None
         return TokenCount(template_tokens + bpe_tokens, exact=self.exact)
+
+    def _bpe_tokens(self, texts: tuple[str, ...]) -> int:
+        """The BPE tokens of `texts`, each text's count cached (the BPE runs outside the lock)."""
+        cache, total = self._text_cache, 0
+        new: list[str] = []
+        with self._lock:
+            for text in texts:
+                known = cache.get(text)
+                if known is None:
+                    new.append(text)
+                else:
+                    total += known
+        if not new:
+            return total
+        counted = [(text, self._bpe_len(text)) for text in new]
+        with self._lock:
+            for text, tokens in counted:
+                total += tokens
+                if len(text) >= _TEXT_CACHE_MIN_CHARS:
+                    cache.put(text, tokens, len(text))
+        return total
 
     def _count_chat_uncached(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None

@@ -261,3 +261,33 @@ def test_cache_hits_skip_the_bpe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tokenizer, "_bpe_len", lambda text: pytest.fail("BPE called on a hit"))
     again = [{"role": "user", "content": "Count me once, please."}]  # equal, not identical
     assert tokenizer.count_chat(again) == first
+
+
+def test_a_growing_conversation_encodes_only_its_new_texts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each turn re-sends the history; only texts not seen before go through the BPE, and the
+    count is the one mistral-common gives for the whole conversation. New per turn (v3 puts
+    the system prompt before the last user message): the previous question without it, the
+    previous answer, the new question with it; never anything older."""
+    tokenizer = counter("tekken-v3")
+    history: list[dict[str, Any]] = [
+        {"role": "system", "content": "You answer questions about invoices, briefly."}
+    ]
+    encoded: list[str] = []
+    bpe = tokenizer._bpe_len
+    monkeypatch.setattr(tokenizer, "_bpe_len", lambda text: encoded.append(text) or bpe(text))
+    for turn in range(4):
+        history.append({"role": "user", "content": f"Question {turn}: why is invoice {turn} late?"})
+        encoded.clear()
+        count = tokenizer.count_chat(history)
+        assert count == tokenizer._count_chat_uncached(history, None)
+        if turn:
+            assert len(encoded) == 3, encoded
+            assert all(f"{turn - 1}" in text or f"{turn}" in text for text in encoded), encoded
+        history.append(
+            {
+                "role": "assistant",
+                "content": f"Invoice {turn} waits for the approval of the finance team.",
+            }
+        )

@@ -12,7 +12,13 @@ from mistral_common.protocol.fim.request import FIMRequest
 from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
-from gateway.upstream.tokenizer import TEKKEN_V3, TokenCount, TokenCounter, resolve_family
+from gateway.upstream.tokenizer import (
+    TEKKEN_V3,
+    CountCache,
+    TokenCount,
+    TokenCounter,
+    resolve_family,
+)
 
 PROSE = (
     "The gateway reserves prompt tokens plus max_tokens before it calls the upstream, then "
@@ -276,3 +282,41 @@ def test_the_fast_count_equals_mistral_commons_full_encode(
     counted = TokenCounter.for_model(model).count_chat(messages, tools)
     request = ChatCompletionRequest.from_openai(messages, tools=tools)
     assert counted.tokens == len(_reference(loader).encode_chat_completion(request).tokens)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["put", "get"]), st.integers(0, 30), st.integers(0, 60)),
+        max_size=80,
+    )
+)
+def test_count_cache_stays_within_both_bounds_and_evicts_the_least_recently_used(
+    operations: list[tuple[str, int, int]],
+) -> None:
+    """Against a model: an ordered dict, oldest first, trimmed to 8 entries and 100 units."""
+    cache: CountCache[int, int] = CountCache(max_entries=8, max_size=100)
+    model: dict[int, int] = {}  # key -> size, least recently used first
+    for operation, key, size in operations:
+        if operation == "get":
+            expected = key * 7 if key in model else None
+            assert cache.get(key) == expected
+            if key in model:
+                model[key] = model.pop(key)
+            continue
+        cache.put(key, key * 7, size)
+        model.pop(key, None)
+        model[key] = size
+        while len(model) > 8 or sum(model.values()) > 100:
+            del model[next(iter(model))]
+        assert len(cache) == len(model) <= 8
+        assert cache.size == sum(model.values()) <= 100
+
+
+def test_count_cache_keeps_no_key_bigger_than_its_size_bound() -> None:
+    cache: CountCache[str, int] = CountCache(max_entries=8, max_size=100)
+    cache.put("small", 1, 10)
+    cache.put("huge", 2, 101)
+    assert cache.get("huge") is None
+    assert cache.get("small") == 1
+    assert cache.size == 10
