@@ -30,7 +30,7 @@ from gateway.limits.budget import (
     budget_bucket,
     format_amount,
     is_budget,
-    period_bounds,
+    period_end_text,
 )
 from gateway.limits.limiter import CONCURRENCY, BucketState, Decision, Demand, Limiter
 from gateway.limits.policy import RPM, TPM, Admission, output_reservation, plan_admission
@@ -206,10 +206,9 @@ def budget_headers(buckets: tuple[BucketState, ...], now_s: float) -> dict[str, 
     state = next((b for b in buckets if is_budget(b.name)), None)
     if state is None:
         return {}
-    _, end = period_bounds(now_s)
     return {
         "x-budget-remaining": format_amount(state.remaining),
-        "x-budget-period-end": end.isoformat().replace("+00:00", "Z"),
+        "x-budget-period-end": period_end_text(now_s),
     }
 
 

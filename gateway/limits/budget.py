@@ -38,27 +38,54 @@ class BudgetPolicy:
     thresholds_pct: tuple[int, ...] = (50, 80, 100)
 
 
-_last_period: tuple[int, tuple[datetime, datetime]] | None = None
+@dataclass(frozen=True, slots=True)
+class _Period:
+    hour: int  # the hour it was computed for (a month always starts on an hour)
+    start: datetime
+    end: datetime
+    bucket_name: str  # `budget:2026-11`
+    end_text: str  # ISO 8601, `2026-12-01T00:00:00Z`
+
+
+_last_period: _Period | None = None
+_buckets: dict[tuple[str, int], BucketSpec] = {}  # (bucket name, capacity), this period's
+
+
+def _period(now_s: float) -> _Period:
+    """The calendar month (UTC) containing `now_s`, computed once an hour."""
+    global _last_period
+    hour = int(now_s // 3600)
+    period = _last_period
+    if period is None or period.hour != hour:
+        now = datetime.fromtimestamp(hour * 3600, tz=UTC)
+        start = datetime(now.year, now.month, 1, tzinfo=UTC)
+        end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+        name = f"{BUDGET_PREFIX}{start.year:04d}-{start.month:02d}"
+        period = _Period(hour, start, end, name, end.isoformat().replace("+00:00", "Z"))
+        _last_period = period
+    return period
 
 
 def period_bounds(now_s: float) -> tuple[datetime, datetime]:
     """[start, end) of the calendar month (UTC) containing `now_s`."""
-    global _last_period
-    hour = int(now_s // 3600)  # a month always starts on an hour: computed once an hour
-    if _last_period is None or _last_period[0] != hour:
-        now = datetime.fromtimestamp(hour * 3600, tz=UTC)
-        start = datetime(now.year, now.month, 1, tzinfo=UTC)
-        end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
-        _last_period = (hour, (start, end))
-    return _last_period[1]
+    period = _period(now_s)
+    return period.start, period.end
+
+
+def period_end_text(now_s: float) -> str:
+    """The end of the month containing `now_s`, as ISO 8601 (`x-budget-period-end`)."""
+    return _period(now_s).end_text
 
 
 def budget_bucket(policy: BudgetPolicy, now_s: float) -> BucketSpec:
     """This period's bucket (a new period is a new, full bucket)."""
-    start, _ = period_bounds(now_s)
-    return BucketSpec(
-        f"{BUDGET_PREFIX}{start.year:04d}-{start.month:02d}", max(1, policy.amount_micros), 0
-    )
+    key = (_period(now_s).bucket_name, max(1, policy.amount_micros))
+    spec = _buckets.get(key)
+    if spec is None:
+        if len(_buckets) >= 4096:  # budgets of another period, or changed amounts
+            _buckets.clear()
+        spec = _buckets[key] = BucketSpec(*key, 0)
+    return spec
 
 
 def is_budget(name: str) -> bool:

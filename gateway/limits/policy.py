@@ -41,6 +41,11 @@ class TenantLimits:
     default: RateLimits = RateLimits()
     models: Mapping[str, RateLimits] = field(default_factory=lambda: MappingProxyType({}))
     concurrency: int | None = None
+    # model -> its buckets (spec, is TPM) and concurrency: the same for every request, so built
+    # once (limits are immutable; a change is a new TenantLimits, and a fresh cache).
+    _plans: dict[str, _Plan] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @property
     def unlimited(self) -> bool:
@@ -83,23 +88,37 @@ def _is_tpm(spec: BucketSpec) -> bool:
 
 def plan_admission(limits: TenantLimits, model: str, request_tokens: int) -> Admission:
     """The buckets one request draws on: tenant-wide and for its model."""
-    demands: list[Demand] = []
-    _add(demands, limits.default, RPM, TPM, request_tokens)
+    plan = limits._plans.get(model)
+    if plan is None:
+        plan = _plan(limits, model)
+        if len(limits._plans) < _MAX_PLANS:  # models are routed (known) names: a guard only
+            limits._plans[model] = plan
+    buckets, concurrency = plan
+    demands = tuple([(spec, request_tokens if tpm else 1) for spec, tpm in buckets])
+    return Admission(demands, concurrency, request_tokens)
+
+
+_Plan = tuple[tuple[tuple[BucketSpec, bool], ...], ConcurrencySpec | None]
+_MAX_PLANS = 1024
+
+
+def _plan(limits: TenantLimits, model: str) -> _Plan:
+    buckets: list[tuple[BucketSpec, bool]] = []
+    _add(buckets, limits.default, RPM, TPM)
     override = limits.models.get(model)
     if override is not None:
-        _add(demands, override, f"{RPM}:model:{model}", f"{TPM}:model:{model}", request_tokens)
+        _add(buckets, override, f"{RPM}:model:{model}", f"{TPM}:model:{model}")
     concurrency = ConcurrencySpec(limits.concurrency) if limits.concurrency else None
-    return Admission(tuple(demands), concurrency, request_tokens)
+    return tuple(buckets), concurrency
 
 
 def _add(
-    demands: list[Demand], limits: RateLimits, rpm_name: str, tpm_name: str, tokens: int
+    buckets: list[tuple[BucketSpec, bool]], limits: RateLimits, rpm_name: str, tpm_name: str
 ) -> None:
     if limits.rpm is not None:
-        demands.append((BucketSpec.per_minute(rpm_name, limits.rpm, burst=limits.rpm_burst), 1))
+        buckets.append((BucketSpec.per_minute(rpm_name, limits.rpm, burst=limits.rpm_burst), False))
     if limits.tpm is not None:
-        spec = BucketSpec.per_minute(tpm_name, limits.tpm, burst=limits.tpm_burst)
-        demands.append((spec, tokens))
+        buckets.append((BucketSpec.per_minute(tpm_name, limits.tpm, burst=limits.tpm_burst), True))
 
 
 def output_reservation(payload_max_tokens: object, default_tokens: int) -> int:
