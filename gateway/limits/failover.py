@@ -13,9 +13,8 @@ Redis while the others stay local.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
-from typing import Literal, TypeVar
+from collections.abc import Sequence
+from typing import Literal
 
 from gateway.clock import Clock
 from gateway.errors import LimiterUnavailable
@@ -29,8 +28,6 @@ from gateway.limits.limiter import (
     Reservation,
 )
 from gateway.limits.memory import MemoryLimiter
-
-T = TypeVar("T")
 
 
 def local_share(spec: BucketSpec, replicas: int) -> BucketSpec:
@@ -81,13 +78,17 @@ class FailoverLimiter:
         now_ms: int | None = None,
     ) -> Decision:
         """Reserve on Redis; on failure apply the mode (local share or re-raise)."""
-        answered, decision = await self._on_primary(
-            partial(
-                self._primary.reserve, tenant_id, demands, concurrency=concurrency, now_ms=now_ms
-            )
-        )
-        if answered and decision is not None:
-            return decision
+        if self._try_primary():
+            try:
+                decision = await self._primary.reserve(
+                    tenant_id, demands, concurrency=concurrency, now_ms=now_ms
+                )
+            except LimiterUnavailable:
+                if self._tripped():
+                    raise
+            else:
+                self._open_until = None
+                return decision
         self.degraded_decisions += 1
         return await self._reserve_locally(tenant_id, demands, concurrency, now_ms)
 
@@ -101,50 +102,40 @@ class FailoverLimiter:
     ) -> None:
         """Settle where admission currently happens; in "open" mode a failed Redis settle
         is applied to the local share (a Redis slot it meant to release lapses by lease)."""
-        answered, _ = await self._on_primary(
-            partial(
-                self._primary.settle,
-                tenant_id,
-                adjustments,
-                release_slot=release_slot,
-                now_ms=now_ms,
-            )
-        )
-        if answered:
-            return
+        if self._try_primary():
+            try:
+                await self._primary.settle(
+                    tenant_id, adjustments, release_slot=release_slot, now_ms=now_ms
+                )
+            except LimiterUnavailable:
+                if self._tripped():
+                    raise
+            else:
+                self._open_until = None
+                return
         local = [(local_share(spec, self._replicas), delta) for spec, delta in adjustments]
         await self._fallback.settle(tenant_id, local, release_slot=release_slot, now_ms=now_ms)
 
-    async def _on_primary(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
-        """(True, result) when Redis answered; (False, None) when the call must go local.
-        In "closed" mode a failure, or an open breaker, raises `LimiterUnavailable` instead."""
-        if not self._try_primary():
-            if self._mode == "closed":
-                raise LimiterUnavailable("The rate limiter is unavailable (breaker open).")
-            return False, None
-        try:
-            result = await call()
-        except LimiterUnavailable:
-            self._trip()
-            if self._mode == "closed":
-                raise
-            return False, None
-        self._open_until = None
-        return True, result
-
     def _try_primary(self) -> bool:
+        """Whether this call goes to Redis; False means local, or, in "closed" mode, raises
+        `LimiterUnavailable` (the breaker is open)."""
         if self._open_until is None:
             return True
         now = self._clock.monotonic_s()
         if now < self._open_until:
+            if self._mode == "closed":
+                raise LimiterUnavailable("The rate limiter is unavailable (breaker open).")
             return False
         # Half-open: this call probes Redis; others stay local until it answers.
         self._open_until = now + self._cooldown_s
         return True
 
-    def _trip(self) -> None:
+    def _tripped(self) -> bool:
+        """Redis failed this call: open the breaker; True when the failure must be raised
+        ("closed" mode) rather than answered locally."""
         self.primary_failures += 1
         self._open_until = self._clock.monotonic_s() + self._cooldown_s
+        return self._mode == "closed"
 
     async def _reserve_locally(
         self,

@@ -20,14 +20,13 @@ and each read; a timeout is never retried: redis-py's defaults would hold a requ
 seconds; batching pays redis-py's write timeout, a task per write, once per batch); a standalone client retries a broken connection once, at once, on a
 new one (after a Redis restart every idle pooled connection is dead, and redis-py 8 hands them
 out unchecked); a script Redis lost (restart, SCRIPT FLUSH) is loaded again and run once more;
-any Redis error or timeout becomes `LimiterUnavailable` (503) in `_unavailable_on_error`;
+any Redis error or timeout becomes `LimiterUnavailable` (503) in `_UnavailableOnError`;
 `failover.FailoverLimiter` decides what that means for admission.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 from uuid import uuid4
@@ -63,20 +62,31 @@ def _script(name: str) -> str:
     return resources.files("gateway.limits").joinpath("lua", name).read_text(encoding="utf-8")
 
 
-@asynccontextmanager
-async def _unavailable_on_error(operation: str) -> AsyncIterator[None]:
-    """Translate Redis errors and timeouts into `LimiterUnavailable`."""
-    # The client's own connect/read/write timeouts bound the call. No outer asyncio timeout:
-    # cancelling redis-py mid-handshake leaves half-closed connections in its pool. And
-    # redis-py's Cluster client, when it re-reads the topology, can close a connection
-    # another request is using, which then fails with RuntimeError or AttributeError, not a
-    # RedisError: for admission that too is "Redis did not answer", never a 500.
-    try:
-        yield
-    except Exception as exc:
-        raise LimiterUnavailable(
-            f"The rate limiter is unavailable ({operation}: {type(exc).__name__})."
-        ) from exc
+class _UnavailableOnError:
+    """Translate Redis errors and timeouts into `LimiterUnavailable`.
+
+    A plain (sync) context manager around the awaits: an async one cost a generator and two
+    coroutines per call, twice a request."""
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        # The client's own connect/read/write timeouts bound the call. No outer asyncio
+        # timeout: cancelling redis-py mid-handshake leaves half-closed connections in its
+        # pool. And redis-py's Cluster client, when it re-reads the topology, can close a
+        # connection another request is using, which then fails with RuntimeError or
+        # AttributeError, not a RedisError: for admission that too is "Redis did not answer",
+        # never a 500. Cancellation and other BaseExceptions pass through.
+        if isinstance(exc, Exception):
+            raise LimiterUnavailable(
+                f"The rate limiter is unavailable ({self.operation}: {type(exc).__name__})."
+            ) from exc
 
 
 class RedisLimiter:
@@ -92,7 +102,7 @@ class RedisLimiter:
         self._redis = redis
         self._prefix = key_prefix
         self._owns_client = owns_client
-        # The client's socket timeouts bound each batch (see `_unavailable_on_error`).
+        # The client's socket timeouts bound each batch (see `_UnavailableOnError`).
         self._batch = RedisBatcher(redis) if isinstance(redis, Redis) else None
         # AsyncScript calls EVALSHA and reloads the script itself on NOSCRIPT (restart, flush).
         self._reserve = redis.register_script(_script("reserve_v1.lua"))
@@ -140,7 +150,7 @@ class RedisLimiter:
         and the failure policy applies until Redis answers.
         """
         try:
-            async with _unavailable_on_error("warm-up"):
+            with _UnavailableOnError("warm-up"):
                 if isinstance(self._redis, RedisCluster):
                     await self._redis.initialize()
                 for script in (self._reserve, self._settle):
@@ -187,7 +197,7 @@ class RedisLimiter:
             slot_id = uuid4().hex
             keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
             args += [concurrency.limit, slot_id, concurrency.lease_ms]
-        async with _unavailable_on_error("reserve"):
+        with _UnavailableOnError("reserve"):
             reply = await self._run(self._reserve, keys, args)
         return _decision(tenant_id, demands, concurrency, slot_id, [int(x) for x in reply])
 
@@ -211,7 +221,7 @@ class RedisLimiter:
         if release_slot is not None:
             keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
             args.append(release_slot)
-        async with _unavailable_on_error("settle"):
+        with _UnavailableOnError("settle"):
             await self._run(self._settle, keys, args)
 
 
