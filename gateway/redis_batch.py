@@ -58,6 +58,13 @@ class RedisBatcher:
         self._connecting: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def bound_s(self) -> float:
+        """The longest a command can wait for its answer before it fails by itself: a connect
+        (handshake included) within the connect timeout, then its batch due within the read
+        timeout."""
+        return self._endpoint.connect_timeout_s + self._endpoint.timeout_s
+
     def call(self, *command: Any) -> asyncio.Future[Any]:
         """Queue one command (e.g. `"EVALSHA", sha, 1, key, arg`); the future gets its reply
         or its exception once the batch it joined has been answered."""

@@ -59,6 +59,12 @@ class RedisStreamJournal:
         self._reclaim_idle_ms = int(reclaim_idle_s * 1000)
         self._group_ready = False
 
+    @property
+    def append_bound_s(self) -> float | None:
+        """The longest an append can take before it fails by itself (None: no such bound,
+        the redis-py path)."""
+        return self._batch.bound_s if self._batch is not None else None
+
     async def append(self, payload: bytes, hour: str) -> None:
         """XADD the record and count it, in one round trip (a pipeline, not a transaction:
         a crash between the two can only leave the count one short, which reconciliation

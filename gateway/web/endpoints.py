@@ -32,6 +32,7 @@ from gateway.upstream.adapter import Endpoint
 from gateway.web.errors import error_parts, internal_error_parts
 from gateway.web.ids import REQUEST_ID_HEADER, new_request_id
 from gateway.web.server_protocol import (
+    BODY_COMPLETE,
     ON_DISCONNECT,
     WHOLE_RESPONSE,
     DisconnectSlot,
@@ -86,11 +87,14 @@ class ProxyEndpoint:
             principal = await gw.auth.authenticate(
                 authorization.decode("latin-1") if authorization is not None else None
             )
-            try:
-                async with asyncio.timeout(self.body_timeout_s):  # a trickled body is cut off
-                    body = await _read_body(receive, length, self.max_body_bytes)
-            except TimeoutError:
-                raise RequestTimeout(self.body_timeout_s) from None
+            if scope.get(BODY_COMPLETE):  # all here: nothing to wait for, no deadline needed
+                body = await _read_body(receive, length, self.max_body_bytes)
+            else:
+                try:
+                    async with asyncio.timeout(self.body_timeout_s):  # a trickled body is cut off
+                        body = await _read_body(receive, length, self.max_body_bytes)
+                except TimeoutError:
+                    raise RequestTimeout(self.body_timeout_s) from None
             payload = parse_json_object(body)
             model = validate(self.endpoint, payload)
             if slot is not None:

@@ -23,6 +23,10 @@ whenever uvicorn's path is needed: a response already started, a paused transpor
 gone, uvicorn's access log on, a HEAD request or a status uvicorn has no line for; the handler
 then sends the usual ASGI messages.
 
+It marks a request whose whole body has arrived (`BODY_COMPLETE` in its scope, usually set
+before the handler even starts, the body having come with the head): such a body needs no
+read deadline, and `asyncio.timeout` costs ~7 us (a uvloop timer armed and cancelled).
+
 `head_timeout_s` is set per process by `app.create_app_from_env` (uvicorn imports this class
 by name in every worker), from `Settings.request_head_timeout_s`.
 """
@@ -41,6 +45,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 ON_DISCONNECT = "gateway.on_disconnect"  # scope key: the connection's DisconnectSlot
+BODY_COMPLETE = "gateway.body_complete"  # scope key: True once the whole body has arrived
 WHOLE_RESPONSE = "gateway.whole_response"  # scope key: write_whole_response for this request
 WholeResponse = Callable[[int, bytes, bytes], bool]
 
@@ -83,6 +88,10 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         # not run yet, so the scope is complete before the handler reads it.
         if self.cycle is not None and self.cycle.scope is scope:
             scope[WHOLE_RESPONSE] = functools.partial(write_whole_response, self.cycle)  # type: ignore[literal-required]
+
+    def on_message_complete(self) -> None:
+        self.scope[BODY_COMPLETE] = True  # type: ignore[literal-required]
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()

@@ -13,6 +13,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from gateway.web.server_protocol import (
+    BODY_COMPLETE,
     ON_DISCONNECT,
     WHOLE_RESPONSE,
     DeadlineHttpToolsProtocol,
@@ -202,3 +203,23 @@ async def test_a_whole_response_wakes_a_task_waiting_on_receive() -> None:
         await asyncio.sleep(0)
     assert seen == ["http.disconnect"]
     protocol.connection_lost(None)
+
+
+async def test_a_body_that_came_with_its_head_is_marked_complete_one_still_coming_is_not() -> None:
+    seen: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(bool(scope.get(BODY_COMPLETE)))
+        await receive()
+
+    config = Config(app=app, lifespan="off", access_log=False)
+    for request, chunks in ((REQUEST, 1), (REQUEST, 2)):  # whole, then the body's last byte late
+        protocol = DeadlineHttpToolsProtocol(config, ServerState(), {})
+        protocol.connection_made(_Transport())
+        protocol.data_received(request[:-1] if chunks == 2 else request)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        if chunks == 2:
+            protocol.data_received(request[-1:])
+        protocol.connection_lost(None)
+    assert seen == [True, False]
