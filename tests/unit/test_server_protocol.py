@@ -223,3 +223,30 @@ async def test_a_body_that_came_with_its_head_is_marked_complete_one_still_comin
             protocol.data_received(request[-1:])
         protocol.connection_lost(None)
     assert seen == [True, False]
+
+
+async def _kept_alive(head_timeout_s: float) -> tuple[DeadlineHttpToolsProtocol, _Transport]:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        assert scope[WHOLE_RESPONSE](200, b"", b"ok")
+
+    config = Config(app=app, lifespan="off", access_log=False)
+    protocol = DeadlineHttpToolsProtocol(config, ServerState(), {})
+    protocol.head_timeout_s = head_timeout_s
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_a_head_left_unfinished_after_answers_is_cut_off_at_its_deadline() -> None:
+    protocol, transport = await _kept_alive(head_timeout_s=0.2)
+    for _ in range(2):  # served, then idle past the first deadline: still open
+        protocol.data_received(REQUEST)
+        await asyncio.sleep(0.15)
+    assert not transport.closing
+    protocol.data_received(REQUEST[:20])  # a head that never ends
+    await asyncio.sleep(0.1)
+    assert not transport.closing  # its own deadline (from its first byte) is not reached yet
+    await asyncio.sleep(0.25)
+    assert transport.closing
+    protocol.connection_lost(None)
