@@ -45,16 +45,10 @@ from scenarios.stack import (
     ROOT,
     Processes,
     TenantSpec,
-    bootstrap,
     clean_up_on_sigterm,
-    create_database,
     drop_database,
     free_port,
-    gateway_env,
-    routing_file,
-    start_ledger_writer,
-    start_private_redis,
-    start_upstream,
+    start_redis_mode_stack,
     wait_for_port,
 )
 
@@ -166,27 +160,17 @@ def main() -> None:
     procs = Processes(workdir)
     clean_up_on_sigterm()
     sources = {revision: checkout(revision, workdir / "trees") for revision in args.revisions}
-    database_url = None
+    stack = None
     try:
         payload = chat_payload(words_for_tokens(args.prompt_tokens))
-        _, upstream_url = start_upstream(
-            procs, None, "--prompt-tokens", str(prompt_tokens(payload)),
-            "--completion-tokens", str(COMPLETION_TOKENS),
-        )  # fmt: skip
-        redis_url = start_private_redis(procs, None)
-        if redis_url is None:
-            sys.exit("no redis-server found")
-        database_url = create_database(args.postgres_url)
-        (workdir / "gateway").mkdir()
-        env = gateway_env(
-            workdir / "gateway",
-            routing_file(workdir / "routing.yaml", upstream_url),
-            database_url=database_url,
-            redis_url=redis_url,
-            redis_prefix="instructions:",
-        )
-        key = bootstrap(env, [TENANT])[TENANT.name]
-        start_ledger_writer(procs, "ledger-writer", env, None)
+        try:
+            stack = start_redis_mode_stack(
+                procs, workdir, args.postgres_url, TENANT,
+                prompt_tokens=prompt_tokens(payload), completion_tokens=COMPLETION_TOKENS,
+            )  # fmt: skip
+        except RuntimeError as exc:
+            sys.exit(str(exc))
+        env, key = stack.env, stack.key
         print(
             f"| revision | M instructions / request ({args.requests} requests, "
             f"{args.connections} connection(s)) | vs first |\n|---|---:|---:|",
@@ -201,8 +185,8 @@ def main() -> None:
                 print(f"| {revision} | {per_request:.3f} | {change:+.1f} % |", flush=True)
     finally:
         procs.stop_all()
-        if database_url is not None:
-            drop_database(args.postgres_url, database_url)
+        if stack is not None:
+            drop_database(args.postgres_url, stack.database_url)
         for source in sources.values():
             if source != ROOT:
                 subprocess.run(

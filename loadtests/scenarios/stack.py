@@ -338,3 +338,51 @@ def start_gateway(
     proc = procs.start(name, pinned(core, command), env)
     wait_for_port(port, 60, proc)
     return proc, f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class RedisModeStack:
+    """What `start_redis_mode_stack` set up: the gateway's environment, a key, the database."""
+
+    env: dict[str, str]
+    key: str
+    database_url: str
+
+
+def start_redis_mode_stack(
+    procs: Processes,
+    workdir: Path,
+    admin_url: str,
+    tenant: TenantSpec,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    core: int | None = None,
+) -> RedisModeStack:
+    """Everything a Redis-mode gateway needs, as in production and `bench.py`: the canned
+    upstream, a private Redis, a Postgres database of its own (the caller drops it with
+    `drop_database`), the schema, one tenant with its budget and key, and the standalone
+    ledger writer; the helpers pinned to `core`. Raises RuntimeError without redis-server."""
+    _, upstream_url = start_upstream(
+        procs, core, "--prompt-tokens", str(prompt_tokens),
+        "--completion-tokens", str(completion_tokens),
+    )  # fmt: skip
+    redis_url = start_private_redis(procs, core)
+    if redis_url is None:
+        raise RuntimeError("no redis-server found (apt-get install redis-server)")
+    database_url = create_database(admin_url)
+    (workdir / "gateway").mkdir(exist_ok=True)
+    env = gateway_env(
+        workdir / "gateway",
+        routing_file(workdir / "routing.yaml", upstream_url),
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix="stack:",
+    )
+    try:
+        key = bootstrap(env, [tenant])[tenant.name]
+        start_ledger_writer(procs, "ledger-writer", env, core)
+    except BaseException:
+        drop_database(admin_url, database_url)
+        raise
+    return RedisModeStack(env, key, database_url)
