@@ -12,7 +12,9 @@ response carries `x-request-id`; every error is rendered in OpenAI's format by
 upstream request and its retries with it): our server protocol calls a hook from
 `connection_lost` (`server_protocol.DisconnectSlot`); under any other server a watcher task waits
 on `receive()` for `http.disconnect`. A stream is always closed, so a client that hangs up still
-settles and is recorded.
+settles and is recorded. Under our server protocol a body that came with its head is read
+without a deadline (`BODY_COMPLETE`), and a whole answer goes out in one write
+(`WHOLE_RESPONSE`); under any other server, through the ASGI messages.
 """
 
 from __future__ import annotations
