@@ -46,9 +46,8 @@ from scenarios.stack import (
     Processes,
     TenantSpec,
     clean_up_on_sigterm,
-    drop_database,
     free_port,
-    start_redis_mode_stack,
+    redis_mode_stack,
     wait_for_port,
 )
 
@@ -160,33 +159,28 @@ def main() -> None:
     procs = Processes(workdir)
     clean_up_on_sigterm()
     sources = {revision: checkout(revision, workdir / "trees") for revision in args.revisions}
-    stack = None
     try:
         payload = chat_payload(words_for_tokens(args.prompt_tokens))
-        try:
-            stack = start_redis_mode_stack(
-                procs, workdir, args.postgres_url, TENANT,
-                prompt_tokens=prompt_tokens(payload), completion_tokens=COMPLETION_TOKENS,
-            )  # fmt: skip
-        except RuntimeError as exc:
-            sys.exit(str(exc))
-        env, key = stack.env, stack.key
-        print(
-            f"| revision | M instructions / request ({args.requests} requests, "
-            f"{args.connections} connection(s)) | vs first |\n|---|---:|---:|",
-            flush=True,
-        )
-        first: float | None = None
-        for run in range(args.runs):
-            for revision, source in sources.items():
-                per_request = count(procs, source, env, key, args, f"{run}-{revision}")
-                first = per_request if first is None else first
-                change = (per_request / first - 1) * 100
-                print(f"| {revision} | {per_request:.3f} | {change:+.1f} % |", flush=True)
+        stack = redis_mode_stack(
+            procs, workdir, args.postgres_url, TENANT,
+            prompt_tokens=prompt_tokens(payload), completion_tokens=COMPLETION_TOKENS,
+        )  # fmt: skip
+        with stack as ready:
+            print(
+                f"| revision | M instructions / request ({args.requests} requests, "
+                f"{args.connections} connection(s)) | vs first |\n|---|---:|---:|",
+                flush=True,
+            )
+            first: float | None = None
+            for run in range(args.runs):
+                for revision, source in sources.items():
+                    label = f"{run}-{revision}"
+                    per_request = count(procs, source, ready.env, ready.key, args, label)
+                    first = per_request if first is None else first
+                    change = (per_request / first - 1) * 100
+                    print(f"| {revision} | {per_request:.3f} | {change:+.1f} % |", flush=True)
     finally:
         procs.stop_all()
-        if stack is not None:
-            drop_database(args.postgres_url, stack.database_url)
         for source in sources.values():
             if source != ROOT:
                 subprocess.run(

@@ -46,10 +46,9 @@ from scenarios.stack import (
     Processes,
     TenantSpec,
     clean_up_on_sigterm,
-    drop_database,
     free_port,
     pinned,
-    start_redis_mode_stack,
+    redis_mode_stack,
     wait_for_port,
 )
 
@@ -147,39 +146,34 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-timeline-"))
     procs = Processes(workdir)
     clean_up_on_sigterm()
-    stack = None
     try:
         payload = chat_payload(words_for_tokens(args.prompt_tokens))
-        try:
-            stack = start_redis_mode_stack(
-                procs, workdir, args.postgres_url, TENANT,
-                prompt_tokens=prompt_tokens(payload), completion_tokens=COMPLETION_TOKENS, core=1,
-            )  # fmt: skip
-        except RuntimeError as exc:
-            sys.exit(str(exc))
-        out = workdir / "timeline.json"
-        env = {**stack.env, "TIMELINE_OUT": str(out)}
-        port = free_port()
-        boot = (
-            f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'loadtests')!r}]; "
-            "import scenarios.timeline_probe; from gateway.cli import main; main()"
-        )
-        command = [PYTHON, "-c", boot, "serve", "--port", str(port), "--workers", "1"]
-        gateway = procs.start("gateway", pinned(0, command), env)
-        wait_for_port(port, 60, gateway)
-        make = request_factory(payload, "/v1/chat/completions", f"127.0.0.1:{port}", stack.key)
-        numbers = itertools.count(1)  # a new prompt for every request
-        gap_s = 1 / args.rate if args.rate > 0 else 0.0
-        asyncio.run(drive(port, make, numbers, args.warmup, gap_s))
-        pid = gateway.pid  # taskset execs the gateway: the same process
-        skip = len(dump(pid, out))
-        latencies = asyncio.run(drive(port, make, numbers, args.requests, gap_s))
-        time.sleep(0.5)  # the last settle
-        report(split(dump(pid, out)[skip:]), latencies, args.rate)
+        stack = redis_mode_stack(
+            procs, workdir, args.postgres_url, TENANT,
+            prompt_tokens=prompt_tokens(payload), completion_tokens=COMPLETION_TOKENS, core=1,
+        )  # fmt: skip
+        with stack as ready:
+            out = workdir / "timeline.json"
+            env = {**ready.env, "TIMELINE_OUT": str(out)}
+            port = free_port()
+            boot = (
+                f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'loadtests')!r}]; "
+                "import scenarios.timeline_probe; from gateway.cli import main; main()"
+            )
+            command = [PYTHON, "-c", boot, "serve", "--port", str(port), "--workers", "1"]
+            gateway = procs.start("gateway", pinned(0, command), env)
+            wait_for_port(port, 60, gateway)
+            make = request_factory(payload, "/v1/chat/completions", f"127.0.0.1:{port}", ready.key)
+            numbers = itertools.count(1)  # a new prompt for every request
+            gap_s = 1 / args.rate if args.rate > 0 else 0.0
+            asyncio.run(drive(port, make, numbers, args.warmup, gap_s))
+            pid = gateway.pid  # taskset execs the gateway: the same process
+            skip = len(dump(pid, out))
+            latencies = asyncio.run(drive(port, make, numbers, args.requests, gap_s))
+            time.sleep(0.5)  # the last settle
+            report(split(dump(pid, out)[skip:]), latencies, args.rate)
     finally:
         procs.stop_all()
-        if stack is not None:
-            drop_database(args.postgres_url, stack.database_url)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

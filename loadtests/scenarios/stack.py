@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,14 +342,14 @@ def start_gateway(
 
 @dataclass
 class RedisModeStack:
-    """What `start_redis_mode_stack` set up: the gateway's environment, a key, the database."""
+    """What `redis_mode_stack` set up: the gateway's environment and a tenant's key."""
 
     env: dict[str, str]
     key: str
-    database_url: str
 
 
-def start_redis_mode_stack(
+@contextmanager
+def redis_mode_stack(
     procs: Processes,
     workdir: Path,
     admin_url: str,
@@ -358,31 +358,31 @@ def start_redis_mode_stack(
     prompt_tokens: int,
     completion_tokens: int,
     core: int | None = None,
-) -> RedisModeStack:
+) -> Iterator[RedisModeStack]:
     """Everything a Redis-mode gateway needs, as in production and `bench.py`: the canned
-    upstream, a private Redis, a Postgres database of its own (the caller drops it with
-    `drop_database`), the schema, one tenant with its budget and key, and the standalone
-    ledger writer; the helpers pinned to `core`. Raises RuntimeError without redis-server."""
+    upstream, a private Redis, a Postgres database of its own, the schema, one tenant with its
+    budget and key, and the standalone ledger writer; the helpers pinned to `core`. On exit
+    every process in `procs` is stopped and the database dropped. Exits without redis-server."""
     _, upstream_url = start_upstream(
         procs, core, "--prompt-tokens", str(prompt_tokens),
         "--completion-tokens", str(completion_tokens),
     )  # fmt: skip
     redis_url = start_private_redis(procs, core)
     if redis_url is None:
-        raise RuntimeError("no redis-server found (apt-get install redis-server)")
+        raise SystemExit("no redis-server found (apt-get install redis-server)")
     database_url = create_database(admin_url)
-    (workdir / "gateway").mkdir(exist_ok=True)
-    env = gateway_env(
-        workdir / "gateway",
-        routing_file(workdir / "routing.yaml", upstream_url),
-        database_url=database_url,
-        redis_url=redis_url,
-        redis_prefix="stack:",
-    )
     try:
+        (workdir / "gateway").mkdir(exist_ok=True)
+        env = gateway_env(
+            workdir / "gateway",
+            routing_file(workdir / "routing.yaml", upstream_url),
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_prefix="stack:",
+        )
         key = bootstrap(env, [tenant])[tenant.name]
         start_ledger_writer(procs, "ledger-writer", env, core)
-    except BaseException:
+        yield RedisModeStack(env, key)
+    finally:
+        procs.stop_all()  # the writer and the gateways hold connections to the database
         drop_database(admin_url, database_url)
-        raise
-    return RedisModeStack(env, key, database_url)
