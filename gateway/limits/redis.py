@@ -89,6 +89,11 @@ class _UnavailableOnError:
             ) from exc
 
 
+# Stateless, so one per operation serves every call (no object per request).
+_RESERVE_ERRORS = _UnavailableOnError("reserve")
+_SETTLE_ERRORS = _UnavailableOnError("settle")
+
+
 class RedisLimiter:
     """Token buckets and concurrency slots in Redis (standalone or Cluster)."""
 
@@ -197,7 +202,7 @@ class RedisLimiter:
             slot_id = uuid4().hex
             keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
             args += [concurrency.limit, slot_id, concurrency.lease_ms]
-        with _UnavailableOnError("reserve"):
+        with _RESERVE_ERRORS:
             reply = await self._run(self._reserve, keys, args)
         return _decision(tenant_id, demands, concurrency, slot_id, [int(x) for x in reply])
 
@@ -221,7 +226,7 @@ class RedisLimiter:
         if release_slot is not None:
             keys.append(bucket_key(self._prefix, tenant_id, CONCURRENCY))
             args.append(release_slot)
-        with _UnavailableOnError("settle"):
+        with _SETTLE_ERRORS:
             await self._run(self._settle, keys, args)
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
@@ -117,15 +117,14 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def header_block(headers: Iterable[tuple[str, str]]) -> bytes:
+def header_block(headers: Sequence[tuple[str, str]]) -> bytes:
     """`name: value` lines for `write_whole_response`; raises ValueError for a name or value
     uvicorn would refuse (or one that is not latin-1), before anything is written."""
-    pairs = list(headers)
-    if _BAD_NAME.search("".join([name for name, _ in pairs])) or _BAD_VALUE.search(
-        "\t".join([value for _, value in pairs])
+    if _BAD_NAME.search("".join([name for name, _ in headers])) or _BAD_VALUE.search(
+        "\t".join([value for _, value in headers])
     ):
         raise ValueError("invalid HTTP header name or value")
-    return "".join([f"{name}: {value}\r\n" for name, value in pairs]).encode("latin-1")
+    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
 
 
 def write_whole_response(
